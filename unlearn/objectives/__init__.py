@@ -1,0 +1,11 @@
+"""Forget and retain objectives: each turns a collated batch into a scalar loss to be *minimised*.
+
+Every objective is a mean over examples of a per-example quantity. That is what makes gradient accumulation
+exact: micro-batches weighted by their share of the step's examples sum to the full batch's loss.
+"""
+
+from unlearn.objectives.base import FORGET_LOSSES, RETAIN_LOSSES, Objective, build_objective
+from unlearn.objectives import forget as _forget  # noqa: F401  (registers forget losses)
+from unlearn.objectives import retain as _retain  # noqa: F401  (registers retain losses)
+
+__all__ = ["FORGET_LOSSES", "RETAIN_LOSSES", "Objective", "build_objective"]

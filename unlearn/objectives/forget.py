@@ -1,0 +1,66 @@
+"""Forget losses: GA, NPO, SimNPO (design.md section 2). Minimising each pushes the forget answers down."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unlearn.errors import ConfigError
+from unlearn.objectives.base import FORGET_LOSSES, Objective, reference_logp, sequence_logp
+
+
+def _positive(name: str, value: float) -> float:
+    if not value > 0:
+        raise ConfigError(f"method.forget.{name}: must be > 0, got {value}")
+    return float(value)
+
+
+@FORGET_LOSSES.register("ga")
+class GradientAscent(Objective):
+    """GA: minimise `logp_theta(y|x)` (the sum over answer tokens), i.e. ascend the NLL.
+
+    Unbounded below, which is why GA collapses a model quickly; kept as the simplest baseline.
+    """
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
+        logp, _ = sequence_logp(model, batch)
+        return logp.mean()
+
+
+@FORGET_LOSSES.register("npo")
+class NPO(Objective):
+    """NPO: `-(2/beta) * log sigmoid(-beta * (logp_theta - logp_ref))`, averaged over examples.
+
+    Bounded version of GA: once the model's log-likelihood is well below the reference's, the sigmoid saturates
+    and the gradient vanishes, so the model is not driven to collapse.
+    """
+
+    needs_ref = True
+
+    def __init__(self, beta: float = 0.1) -> None:
+        self.beta = _positive("beta", beta)
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
+        ref = self._require_ref(ref_model)
+        logp, _ = sequence_logp(model, batch)
+        log_ratio = logp - reference_logp(ref, batch)
+        return (-(2.0 / self.beta) * F.logsigmoid(-self.beta * log_ratio)).mean()
+
+
+@FORGET_LOSSES.register("simnpo")
+class SimNPO(Objective):
+    """SimNPO: `-(2/beta) * log sigmoid(-(beta/|y|) * logp_theta - alpha)`; no reference model.
+
+    Length-normalises the log-likelihood so long answers are not unlearned more than short ones; `alpha` is the
+    reward margin (gamma in the SimNPO paper).
+    """
+
+    def __init__(self, beta: float = 2.5, alpha: float = 0.0) -> None:
+        self.beta = _positive("beta", beta)
+        self.alpha = float(alpha)
+
+    def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
+        logp, length = sequence_logp(model, batch)
+        return (-(2.0 / self.beta) * F.logsigmoid(-(self.beta / length) * logp - self.alpha)).mean()

@@ -1,0 +1,102 @@
+"""Execution backends: where gradients live and how an optimizer step is taken.
+
+The loop is written against `Backend` only, so data parallelism and sharding (DDP, FSDP2, DeepSpeed ZeRO) add a
+backend without touching the loop or any direction rule. A backend owns the model wrapper, the optimizer and
+the gradient buffers; its `space` computes global inner products over *its* gradient pieces.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unlearn.directions.gradspace import GradSpace
+from unlearn.registry import Registry
+
+OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Backend:
+    """Single-process backend; the base for distributed ones.
+
+    Gradient buffers are double-buffered: `take_grads` hands the loop the accumulated forget gradients and
+    installs the spare, zeroed set, so the retain pass accumulates into fresh buffers without a copy.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.space = GradSpace()
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._params: list[nn.Parameter] = []
+        self._spare: list[Tensor] = []
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
+        """Place the model, build the optimizer over the trainable parameters; return the module to call."""
+        self.model = model.to(self.device)
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = make_optimizer(self._params)
+        return self.model
+
+    def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
+        """Place the frozen reference model like the trained one (sharded backends shard it too)."""
+        return ref_model.to(self.device)
+
+    # -- gradients ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def accumulating(self, last: bool) -> Iterator[None]:
+        """Context for one micro-batch's backward; DDP skips its all-reduce unless `last`."""
+        yield
+
+    def backward(self, loss: Tensor) -> None:
+        loss.backward()
+
+    def grads(self) -> list[Tensor]:
+        """The accumulated gradient buffers, one per trainable parameter (allocated as zeros if untouched)."""
+        for p in self._params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        return [p.grad for p in self._params]  # type: ignore[misc]
+
+    def zero_grads(self) -> None:
+        torch._foreach_zero_(self.grads())
+
+    def take_grads(self) -> list[Tensor]:
+        """Return the accumulated gradients and install a zeroed spare set in their place."""
+        current = self.grads()
+        if not self._spare:
+            self._spare = [torch.zeros_like(g) for g in current]
+        else:
+            torch._foreach_zero_(self._spare)
+        for p, buf in zip(self._params, self._spare, strict=True):
+            p.grad = buf
+        self._spare = current
+        return current
+
+    # -- step --------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Optimizer step with the update direction the loop wrote into the gradient buffers."""
+        assert self.optimizer is not None
+        self.optimizer.step()
+
+    def reduce_mean(self, value: float) -> float:
+        """Mean of a logged scalar across ranks (identity for one process)."""
+        return value
+
+    def state_dict(self) -> dict[str, Any]:
+        assert self.optimizer is not None
+        return {"optimizer": self.optimizer.state_dict()}
+
+
+BACKENDS: Registry[Backend] = Registry("trainer backend", "trainer.backend")
+BACKENDS.register("single")(Backend)

@@ -1,0 +1,174 @@
+"""The unlearning loop.
+
+One optimizer step:
+  1. forget pass: backward of the forget loss over every micro-batch of the step -> g_f (summed);
+  2. retain pass: the same for the retain loss -> g_r;
+  3. the direction rule combines them (inner products global and in float64, via the backend's GradSpace);
+  4. clipping, if enabled, acts on the combined direction u;
+  5. u is written into the gradient buffers and the optimizer steps.
+The loop names no loss and no rule: it sees `Objective`s, a `DirectionRule` and a `Backend`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unlearn.directions.base import Direction, DirectionRule, apply_direction
+from unlearn.errors import ConfigError
+from unlearn.objectives.base import Objective
+from unlearn.train.backend import Backend
+
+Example = dict[str, list[int]]
+Collate = Callable[[Sequence[Example]], dict[str, Tensor]]
+StepCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class LoopConfig:
+    """Step-level settings. `batch_size` is global (all ranks, all micro-batches of one step)."""
+
+    batch_size: int = 32
+    micro_batch_size: int | None = None
+    epochs: float = 10.0
+    max_steps: int | None = None
+    max_grad_norm: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"trainer.batch_size: must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ConfigError(f"trainer.micro_batch_size: must be >= 1, got {self.micro_batch_size}")
+        if self.epochs <= 0 and not self.max_steps:
+            raise ConfigError("trainer.epochs: must be > 0 (or set trainer.max_steps)")
+
+    def total_steps(self, n_forget: int) -> int:
+        if self.max_steps:
+            return int(self.max_steps)
+        return max(1, math.ceil(self.epochs * math.ceil(n_forget / self.batch_size)))
+
+
+class ForgetRetainSampler:
+    """Yields (forget indices, retain indices) per step.
+
+    The forget set is walked in shuffled epochs (the step count is defined by it); retain examples are drawn
+    from an independent shuffled cycle of the same batch size. Deterministic in the seed.
+    """
+
+    def __init__(self, n_forget: int, n_retain: int, batch_size: int, seed: int) -> None:
+        if n_forget == 0 or n_retain == 0:
+            raise ConfigError(f"benchmark: empty forget ({n_forget}) or retain ({n_retain}) set")
+        self.n_forget, self.n_retain, self.batch_size = n_forget, n_retain, batch_size
+        self.rng = random.Random(seed)
+
+    def _cycle(self, n: int) -> Iterator[int]:
+        while True:
+            order = list(range(n))
+            self.rng.shuffle(order)
+            yield from order
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+        retain = self._cycle(self.n_retain)
+        while True:
+            order = list(range(self.n_forget))
+            self.rng.shuffle(order)
+            for start in range(0, self.n_forget, self.batch_size):
+                f = order[start : start + self.batch_size]
+                yield f, [next(retain) for _ in range(len(f))]
+
+
+class Unlearner:
+    """Runs BLUR-style unlearning: any forget loss, any retain loss, any direction rule, any backend."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        forget_loss: Objective,
+        retain_loss: Objective,
+        rule: DirectionRule,
+        backend: Backend,
+        make_optimizer: Callable[[list[nn.Parameter]], torch.optim.Optimizer],
+        make_scheduler: Callable[[torch.optim.Optimizer, int], Any] | None,
+        collate: Collate,
+        cfg: LoopConfig,
+        ref_model: nn.Module | None = None,
+    ) -> None:
+        self.forget_loss, self.retain_loss, self.rule = forget_loss, retain_loss, rule
+        self.backend, self.collate, self.cfg = backend, collate, cfg
+        self.model = backend.setup(model, make_optimizer)
+        self.ref_model = backend.prepare_reference(ref_model) if ref_model is not None else None
+        if (forget_loss.needs_ref or retain_loss.needs_ref) and self.ref_model is None:
+            raise ConfigError("method: the chosen losses need a reference model, but none was given")
+        self._make_scheduler = make_scheduler
+        self.scheduler = None
+
+    # -- one pass over the micro-batches of one step -------------------------------------------------------
+    def _micro_batches(self, examples: Sequence[Example]) -> list[tuple[dict[str, Tensor], float]]:
+        """This rank's share of the step's examples, cut into micro-batches with their loss weights."""
+        b = self.backend
+        mine = list(examples)[b.rank :: b.world_size]
+        size = self.cfg.micro_batch_size or len(mine)
+        chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
+        return [
+            ({k: v.to(b.device) for k, v in self.collate(c).items()}, len(c) / len(mine)) for c in chunks
+        ]
+
+    def _accumulate(self, objective: Objective, micro: list[tuple[dict[str, Tensor], float]]) -> float:
+        """Backward of `objective` over all micro-batches; the gradient buffers end up holding the sum."""
+        total = 0.0
+        for i, (batch, weight) in enumerate(micro):
+            with self.backend.accumulating(last=i == len(micro) - 1):
+                loss = objective(self.model, batch, self.ref_model) * weight
+                self.backend.backward(loss)
+            total += float(loss.detach())
+        return self.backend.reduce_mean(total)
+
+    def step(self, forget: Sequence[Example], retain: Sequence[Example]) -> dict[str, float]:
+        """One optimizer step on a global forget batch and a global retain batch; returns diagnostics."""
+        b = self.backend
+        self.model.train()
+        b.zero_grads()
+        loss_f = self._accumulate(self.forget_loss, self._micro_batches(forget))
+        g_f = b.take_grads()
+        loss_r = self._accumulate(self.retain_loss, self._micro_batches(retain))
+        g_r = b.grads()
+        direction: Direction = self.rule.direction(g_f, g_r, b.space, closure=None)
+        direction = direction.clipped(self.cfg.max_grad_norm)
+        apply_direction(direction, g_f, g_r)
+        lr = float(b.optimizer.param_groups[0]["lr"]) if b.optimizer is not None else math.nan
+        b.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"lr": lr, "loss_f": loss_f, "loss_r": loss_r, **direction.diagnostics()}
+
+    def run(
+        self,
+        forget_examples: Sequence[Example],
+        retain_examples: Sequence[Example],
+        on_step: StepCallback | None = None,
+    ) -> list[dict[str, float]]:
+        """Unlearn for the configured number of steps; returns (and streams to `on_step`) one row per step."""
+        total = self.cfg.total_steps(len(forget_examples))
+        if self._make_scheduler is not None and self.backend.optimizer is not None:
+            self.scheduler = self._make_scheduler(self.backend.optimizer, total)
+        sampler = iter(
+            ForgetRetainSampler(len(forget_examples), len(retain_examples), self.cfg.batch_size, self.cfg.seed)
+        )
+        rows = []
+        for step in range(1, total + 1):
+            f_idx, r_idx = next(sampler)
+            t0 = time.perf_counter()
+            row = self.step([forget_examples[i] for i in f_idx], [retain_examples[i] for i in r_idx])
+            row = {"step": step, **row, "step_time": time.perf_counter() - t0}
+            rows.append(row)
+            if on_step is not None:
+                on_step(row)
+        return rows
