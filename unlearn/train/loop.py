@@ -112,14 +112,20 @@ class Unlearner:
 
     # -- one pass over the micro-batches of one step -------------------------------------------------------
     def _micro_batches(self, examples: Sequence[Example]) -> list[tuple[dict[str, Tensor], float]]:
-        """This rank's share of the step's examples, cut into micro-batches with their loss weights."""
+        """This rank's share of the step's examples, cut into micro-batches with their loss weights.
+
+        Backends average gradients over ranks (the DDP convention), so a micro-batch of n examples out of a
+        global batch of N is weighted n * world_size / N: the average over ranks of the weighted sums is then
+        the global mean loss exactly, even when N does not divide evenly among ranks.
+        """
         b = self.backend
         mine = list(examples)[b.rank :: b.world_size]
+        if not mine:
+            raise ConfigError(f"trainer.batch_size: {len(examples)} examples cannot feed {b.world_size} ranks")
         size = self.cfg.micro_batch_size or len(mine)
         chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
-        return [
-            ({k: v.to(b.device) for k, v in self.collate(c).items()}, len(c) / len(mine)) for c in chunks
-        ]
+        scale = b.world_size / len(examples)
+        return [({k: v.to(b.device) for k, v in self.collate(c).items()}, len(c) * scale) for c in chunks]
 
     def _accumulate(self, objective: Objective, micro: list[tuple[dict[str, Tensor], float]]) -> float:
         """Backward of `objective` over all micro-batches; the gradient buffers end up holding the sum."""
