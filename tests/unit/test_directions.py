@@ -87,9 +87,9 @@ def test_clipping_acts_on_combined_direction() -> None:
 
 
 def test_unknown_rule_and_bad_gamma_raise_config_errors() -> None:
-    with pytest.raises(ConfigError, match="method.direction.name.*'nope'"):
+    with pytest.raises(ConfigError, match=r"method.direction.name.*'nope'"):
         build_direction({"name": "nope"})
-    with pytest.raises(ConfigError, match="gamma"):
+    with pytest.raises(ConfigError, match=r"gamma"):
         build_direction({"name": "blur", "gamma": 0.0})
     assert {"weighted", "ngdiff", "blur"} <= set(DIRECTIONS.names())
 

@@ -113,3 +113,37 @@ def test_run_streams_one_row_per_step() -> None:
     assert len(out) == len(rows) == 3  # ceil(20 / 8) steps for one epoch
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert GradSpace().dots([]) == []
+
+
+def test_resume_after_a_stop_equals_no_stop(tmp_path) -> None:
+    """Stop after step 3 of 6 (checkpoint every 3), resume in a fresh process state: same parameters, same rows."""
+    f, r = examples(20, 8), examples(30, 9)
+
+    def unlearner() -> Unlearner:
+        u = make({"name": "blur", "gamma": 1.0}, micro=4, optimizer="adamw")
+        u.cfg.max_steps, u.cfg.checkpoint_every = 6, 3
+        u._make_scheduler = lambda opt, n: torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=n)
+        return u
+
+    straight = unlearner()
+    rows_straight = straight.run(f, r)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_4(row):
+        if row["step"] == 4:
+            raise Stop
+
+    first = unlearner()
+    with pytest.raises(Stop):
+        first.run(f, r, on_step=stop_at_4, checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003"]
+
+    resumed = unlearner()  # fresh weights: everything must come from the checkpoint
+    rows_resumed = resumed.run(f, r, checkpoint_dir=tmp_path, resume_from=tmp_path / "step-00000003")
+    assert [row["step"] for row in rows_resumed] == [4, 5, 6]
+    torch.testing.assert_close(params(resumed), params(straight), rtol=1e-12, atol=1e-12)
+    for a, b in zip(rows_resumed, rows_straight[3:], strict=True):
+        assert a["lr"] == pytest.approx(b["lr"]) and a["loss_f"] == pytest.approx(b["loss_f"], rel=1e-10)
+    assert (tmp_path / "step-00000006" / "model.safetensors").exists()

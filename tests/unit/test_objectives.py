@@ -20,7 +20,7 @@ class FixedLogits(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(logits.clone())
 
-    def forward(self, input_ids, attention_mask):  # noqa: ARG002
+    def forward(self, input_ids, attention_mask):
         return SimpleNamespace(logits=self.logits)
 
 
@@ -88,9 +88,9 @@ def test_losses_are_per_example_means() -> None:
 
 
 def test_bad_loss_config_names_the_key() -> None:
-    with pytest.raises(ConfigError, match="method.forget.name.*'npoo'"):
+    with pytest.raises(ConfigError, match=r"method.forget.name.*'npoo'"):
         build_objective(FORGET_LOSSES, {"name": "npoo"})
-    with pytest.raises(ConfigError, match="method.forget.beta"):
+    with pytest.raises(ConfigError, match=r"method.forget.beta"):
         build_objective(FORGET_LOSSES, {"name": "npo", "beta": -1})
-    with pytest.raises(ConfigError, match="method.retain.name"):
+    with pytest.raises(ConfigError, match=r"method.retain.name"):
         build_objective(RETAIN_LOSSES, {})

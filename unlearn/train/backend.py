@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from unlearn.directions.gradspace import GradSpace
 from unlearn.registry import Registry
+from unlearn.train.checkpoint import load_checkpoint, save_checkpoint
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -93,9 +95,21 @@ class Backend:
         """Mean of a logged scalar across ranks (identity for one process)."""
         return value
 
-    def state_dict(self) -> dict[str, Any]:
-        assert self.optimizer is not None
-        return {"optimizer": self.optimizer.state_dict()}
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def save_checkpoint(self, root: Path, step: int, extra: dict[str, Any], keep: int = 0) -> Path:
+        """Write model, optimizer and `extra` (loop state) as checkpoint `step`; sharded backends override."""
+        assert self.model is not None and self.optimizer is not None
+        path = save_checkpoint(root, step, self.model, self.optimizer, extra, keep=keep)
+        self.barrier()
+        return path
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        """Restore model and optimizer from `directory`; return the loop state saved with them."""
+        assert self.model is not None and self.optimizer is not None
+        return load_checkpoint(directory, self.model, self.optimizer)
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op for one process)."""
 
 
 BACKENDS: Registry[Backend] = Registry("trainer backend", "trainer.backend")

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,12 +42,16 @@ class LoopConfig:
     max_steps: int | None = None
     max_grad_norm: float = 0.0
     seed: int = 0
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"trainer.batch_size: must be >= 1, got {self.batch_size}")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
             raise ConfigError(f"trainer.micro_batch_size: must be >= 1, got {self.micro_batch_size}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 0:
+            raise ConfigError("trainer.checkpoint_every / trainer.keep_checkpoints: must be >= 0")
         if self.epochs <= 0 and not self.max_steps:
             raise ConfigError("trainer.epochs: must be > 0 (or set trainer.max_steps)")
 
@@ -160,16 +165,31 @@ class Unlearner:
         forget_examples: Sequence[Example],
         retain_examples: Sequence[Example],
         on_step: StepCallback | None = None,
+        checkpoint_dir: Path | None = None,
+        resume_from: Path | None = None,
     ) -> list[dict[str, float]]:
-        """Unlearn for the configured number of steps; returns (and streams to `on_step`) one row per step."""
+        """Unlearn for the configured number of steps; returns (and streams to `on_step`) one row per step.
+
+        With `checkpoint_dir` and `cfg.checkpoint_every`, a checkpoint is written every N steps. `resume_from`
+        (a checkpoint directory) restores model, optimizer, scheduler and RNG state and replays the sampler to
+        the saved step, so the resumed run takes exactly the steps the uninterrupted one would have.
+        """
         total = self.cfg.total_steps(len(forget_examples))
         if self._make_scheduler is not None and self.backend.optimizer is not None:
             self.scheduler = self._make_scheduler(self.backend.optimizer, total)
         sampler = iter(
             ForgetRetainSampler(len(forget_examples), len(retain_examples), self.cfg.batch_size, self.cfg.seed)
         )
+        start = 0
+        if resume_from is not None:
+            state = self.backend.load_checkpoint(Path(resume_from))
+            start = int(state["step"])
+            if self.scheduler is not None and state.get("scheduler") is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            for _ in range(start):  # the sampler is a pure function of the seed: replay it to the saved step
+                next(sampler)
         rows = []
-        for step in range(1, total + 1):
+        for step in range(start + 1, total + 1):
             f_idx, r_idx = next(sampler)
             t0 = time.perf_counter()
             row = self.step([forget_examples[i] for i in f_idx], [retain_examples[i] for i in r_idx])
@@ -177,4 +197,9 @@ class Unlearner:
             rows.append(row)
             if on_step is not None:
                 on_step(row)
+            every = self.cfg.checkpoint_every
+            if checkpoint_dir is not None and every and (step % every == 0 or step == total):
+                sched = self.scheduler.state_dict() if self.scheduler is not None else None
+                self.backend.save_checkpoint(Path(checkpoint_dir), step, {"scheduler": sched},
+                                             keep=self.cfg.keep_checkpoints)
         return rows

@@ -43,7 +43,7 @@ def make_optimizer_factory(cfg: Mapping[str, Any]):
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total_steps: int):
     """Linear/cosine/constant schedule with warmup (transformers' implementations)."""
     name = cfg.get("scheduler", "constant")
-    warmup = int(round(float(cfg.get("warmup_ratio", 0.0)) * total_steps))
+    warmup = round(float(cfg.get("warmup_ratio", 0.0)) * total_steps)
     kind = "constant_with_warmup" if name == "constant" else name
     try:
         return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
