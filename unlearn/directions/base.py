@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from unlearn.directions.gradspace import Gram, GradSpace
+from unlearn.directions.gradspace import GradSpace, Gram
 from unlearn.errors import ConfigError
 from unlearn.registry import Registry
 

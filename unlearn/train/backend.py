@@ -97,11 +97,17 @@ class Backend:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, root: Path, step: int, extra: dict[str, Any], keep: int = 0) -> Path:
-        """Write model, optimizer and `extra` (loop state) as checkpoint `step`; sharded backends override."""
+        """Write model, optimizer and `extra` (loop state) as checkpoint `step`; sharded backends override.
+
+        Replicated state (one process, DDP) is written by rank 0 only; the others wait for it.
+        """
         assert self.model is not None and self.optimizer is not None
-        path = save_checkpoint(root, step, self.model, self.optimizer, extra, keep=keep)
+        from unlearn.train.checkpoint import step_dir
+
+        if self.rank == 0:
+            save_checkpoint(root, step, self.model, self.optimizer, extra, keep=keep)
         self.barrier()
-        return path
+        return step_dir(root, step)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         """Restore model and optimizer from `directory`; return the loop state saved with them."""
