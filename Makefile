@@ -1,0 +1,44 @@
+# Set up, test and run `unlearn`. Everything runs offline: the hub is never contacted.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE := offline
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-slow test-distributed lint demo table bench reproduce-tables clean-outputs
+
+# torch first, by exact version (a CPU wheel; letting pip resolve it pulls a multi-GB CUDA build), then
+# DeepSpeed without build isolation (its build imports torch), then the package with every extra.
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet --no-build-isolation deepspeed==0.19.8
+	$(BIN)/pip install --quiet -e ".[dev,dist,logging,sweep]"
+	$(BIN)/python -c "import torch, transformers, deepspeed; print('torch', torch.__version__, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__)"
+
+# The default suite: unit, integration and distributed (2-process gloo) tests; slow end-to-end checks excluded.
+test:
+	$(BIN)/python -m pytest -q
+
+# Slower end-to-end checks (default-size models, full method grid on a small world).
+test-slow:
+	$(BIN)/python -m pytest -q -m slow
+
+test-distributed:
+	$(BIN)/python -m pytest -q -m distributed
+
+lint:
+	$(BIN)/ruff check unlearn tests experiments
+
+# The main job on the embedded default: BLUR-NPO on tofu_mini forget10 (builds and caches models on first use).
+demo:
+	$(BIN)/python -m unlearn.run method=blur_npo benchmark=tofu_mini benchmark.forget_split=forget10
+
+# Every method x forget05/forget10 x 3 seeds on tofu_mini; writes outputs/tables/tofu_mini.md (README table).
+table:
+	$(BIN)/python -m experiments.tofu_mini_table
+
+clean-outputs:
+	@echo "outputs/ holds finished runs; remove it by hand if you really mean to."

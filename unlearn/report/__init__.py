@@ -1,0 +1,1 @@
+"""Tables from run results: one run's summary, and mean ± std over many runs."""
