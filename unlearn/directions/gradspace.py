@@ -47,6 +47,20 @@ def _local(t: Tensor) -> Tensor:
     return to_local() if callable(to_local) else t
 
 
+# Entries upcast to float64 at a time. ZeRO hands over a rank's whole gradient partition as one flat tensor
+# (~1e9 entries at 7B scale); upcasting it at once would need a transient float64 copy of 8 GB.
+_CHUNK = 1 << 24
+
+
+def _dot64(x: Tensor, y: Tensor) -> Tensor:
+    """`<x, y>` accumulated in float64, upcasting at most _CHUNK entries at a time; stays on the device."""
+    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
+    if x.numel() <= _CHUNK:
+        return torch.dot(x.double(), y.double())
+    parts = [torch.dot(x[i : i + _CHUNK].double(), y[i : i + _CHUNK].double()) for i in range(0, x.numel(), _CHUNK)]
+    return torch.stack(parts).sum()
+
+
 class GradSpace:
     """Computes global inner products over lists of (possibly sharded) gradient tensors.
 
@@ -66,12 +80,12 @@ class GradSpace:
         for xs, ys in pairs:
             if len(xs) != len(ys):
                 raise ValueError(f"gradient lists differ in length: {len(xs)} vs {len(ys)}")
-            terms = [
-                torch.dot(_local(x).reshape(-1).double(), _local(y).reshape(-1).double())
-                for x, y in zip(xs, ys, strict=True)
-                if _local(x).numel() > 0
-            ]
-            partials.append(torch.stack(terms).sum() if terms else torch.zeros((), dtype=torch.float64))
+            terms = [_dot64(x, y) for x, y in zip(xs, ys, strict=True) if _local(x).numel() > 0]
+            if terms:
+                partials.append(torch.stack(terms).sum())
+            else:  # this rank owns no entries (tiny tensors, many ranks); NCCL still needs a device tensor
+                device = _local(xs[0]).device if len(xs) else torch.device("cpu")
+                partials.append(torch.zeros((), dtype=torch.float64, device=device))
         vec = torch.stack([p.to(partials[0].device) for p in partials])
         if self.all_reduce is not None:
             self.all_reduce(vec)

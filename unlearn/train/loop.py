@@ -122,15 +122,23 @@ class Unlearner:
         Backends average gradients over ranks (the DDP convention), so a micro-batch of n examples out of a
         global batch of N is weighted n * world_size / N: the average over ranks of the weighted sums is then
         the global mean loss exactly, even when N does not divide evenly among ranks.
+
+        Every rank runs the same number of micro-batches, because data-parallel and sharded backends pair their
+        collectives across ranks (a rank with one backward fewer would leave the others waiting forever). A rank
+        with fewer examples (the last batch of an epoch, say) makes up the count with zero-weight repeats.
         """
         b = self.backend
-        mine = list(examples)[b.rank :: b.world_size]
-        if not mine:
-            raise ConfigError(f"trainer.batch_size: {len(examples)} examples cannot feed {b.world_size} ranks")
-        size = self.cfg.micro_batch_size or len(mine)
+        examples = list(examples)
+        if not examples:
+            raise ConfigError("trainer.batch_size: a step got no examples")
+        mine = examples[b.rank :: b.world_size]
+        busiest = -(-len(examples) // b.world_size)  # examples on rank 0, the most any rank gets
+        size = self.cfg.micro_batch_size or busiest
         chunks = [mine[i : i + size] for i in range(0, len(mine), size)]
         scale = b.world_size / len(examples)
-        return [({k: v.to(b.device) for k, v in self.collate(c).items()}, len(c) * scale) for c in chunks]
+        weighted = [(c, len(c) * scale) for c in chunks]
+        weighted += [(examples[:1], 0.0)] * (-(-busiest // size) - len(chunks))
+        return [({k: v.to(b.device) for k, v in self.collate(c).items()}, w) for c, w in weighted]
 
     def _accumulate(self, objective: Objective, micro: list[tuple[dict[str, Tensor], float]]) -> float:
         """Backward of `objective` over all micro-batches; the gradient buffers end up holding the sum."""

@@ -1,0 +1,105 @@
+"""Shared by the distributed tests and their worker processes: a tiny Llama, synthetic batches, one Unlearner.
+
+Both sides (the 2-process run and the single-process reference) build everything from these functions, so
+the only difference between them is the backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from unlearn.directions import build_direction
+from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
+from unlearn.train.backend import Backend
+from unlearn.train.loop import LoopConfig, Unlearner
+
+STEPS = 3
+BATCH = 8
+DIAGNOSTICS = ("loss_f", "loss_r", "norm_f", "norm_r", "cos_fr", "A_f", "A_r", "norm_u")
+
+
+def tiny_model(seed: int = 0) -> LlamaForCausalLM:
+    """A 2-layer float32 Llama (about 5k parameters); deterministic in `seed` on every rank."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg)
+
+
+def examples(n: int, seed: int) -> list[dict[str, list[int]]]:
+    """Fixed-length examples (prompt of 3 tokens, answer of 3-5 tokens, right-padded to 8)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        n_ans = int(torch.randint(3, 6, (1,), generator=g))
+        ids = torch.randint(1, 32, (3 + n_ans,), generator=g).tolist()
+        pad = 8 - len(ids)
+        out.append({
+            "input_ids": ids + [0] * pad,
+            "labels": [-100] * 3 + ids[3:] + [-100] * pad,
+            "attention_mask": [1] * len(ids) + [0] * pad,
+        })
+    return out
+
+
+def collate(batch: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    return {k: torch.tensor([ex[k] for ex in batch]) for k in batch[0]}
+
+
+def batches(batch: int = BATCH) -> list[tuple[list[dict[str, list[int]]], list[dict[str, list[int]]]]]:
+    """The (forget, retain) global batches of the STEPS steps."""
+    return [(examples(batch, 100 + s), examples(batch, 200 + s)) for s in range(STEPS)]
+
+
+def unlearner(backend: Backend, micro_batch_size: int | None, batch: int = BATCH) -> Unlearner:
+    """BLUR-NPO (gamma 1, beta 0.1) with AdamW on the tiny model, global batch `batch`."""
+    model = tiny_model()
+    return Unlearner(
+        model=model,
+        forget_loss=build_objective(FORGET_LOSSES, {"name": "npo", "beta": 0.1}),
+        retain_loss=build_objective(RETAIN_LOSSES, {"name": "nll"}),
+        rule=build_direction({"name": "blur", "gamma": 1.0}),
+        backend=backend,
+        make_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        make_scheduler=None,
+        collate=collate,
+        cfg=LoopConfig(batch_size=batch, micro_batch_size=micro_batch_size, epochs=1),
+        ref_model=copy.deepcopy(model).requires_grad_(False),
+    )
+
+
+def run_steps(u: Unlearner) -> list[dict[str, float]]:
+    return [u.step(f, r) for f, r in batches(u.cfg.batch_size)]
+
+
+def single_process_reference(batch: int = BATCH) -> dict[str, Any]:
+    """Parameters and diagnostics of the same STEPS steps in one process (the ground truth)."""
+    u = unlearner(Backend(), micro_batch_size=None, batch=batch)
+    rows = run_steps(u)
+    return {"rows": rows, "params": {n: p.detach().clone() for n, p in u.model.named_parameters()}}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
+    """What torchrun would set for one worker, plus settings that keep 2 processes on 2 cores quiet and offline."""
+    env = dict(os.environ)
+    env.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+        "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GLOO_SOCKET_IFNAME": "lo",
+        "CUDA_VISIBLE_DEVICES": "",
+    })
+    return env

@@ -1,0 +1,57 @@
+"""One rank of a distributed test: `python worker.py RUNS_JSON OUT_DIR` (launched with torchrun's environment).
+
+RUNS_JSON is a list of runs, each `{"tag": str, "backend": str, "micro": int | null, "batch": int,
+"kwargs": {...}}`. Each run builds a fresh backend (the process group is joined once and reused, which spares
+every run the seconds of importing torch, transformers and DeepSpeed), takes the STEPS BLUR-NPO steps, and
+saves its diagnostics and full parameters to OUT_DIR/<tag>_rank<r>.pt. Gathering the full parameters happens here,
+for the comparison only; the backends never gather full gradients or parameters for their inner products.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from dist_harness import run_steps, unlearner
+from torch import Tensor, nn
+
+from unlearn.train.backend import BACKENDS, Backend
+
+
+def full_parameters(backend: Backend, model: nn.Module) -> dict[str, Tensor]:
+    """Every parameter in full and in float32, by name (test-only: gathers shards)."""
+    module = getattr(model, "module", model)  # DDP and DeepSpeed engines wrap the model
+    engine = getattr(backend, "engine", None)
+    if engine is not None and engine.zero_optimization_partition_weights():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {n: p.detach().float().clone() for n, p in module.named_parameters()}
+    out = {}
+    for n, p in module.named_parameters():
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        out[n] = t.detach().float().clone()
+    return out
+
+
+def main() -> None:
+    runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
+    torch.set_num_threads(1)
+    try:
+        for run in runs:
+            print(f"[worker] run {run['tag']}", flush=True)
+            backend = BACKENDS.build(run["backend"], **run["kwargs"])
+            u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"])
+            rows = run_steps(u)
+            params = full_parameters(backend, u.model)
+            torch.save({"rows": rows, "params": params}, out_dir / f"{run['tag']}_rank{backend.rank}.pt")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

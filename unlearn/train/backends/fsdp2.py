@@ -1,0 +1,100 @@
+"""torch FSDP2 (`fully_shard`): parameters, gradients and optimizer state sharded over ranks.
+
+After each micro-batch's backward FSDP2 reduce-scatters the gradient, so every parameter's `.grad` is a
+DTensor of which this rank holds one dim-0 shard (the mean over ranks of that shard). The forget and retain
+gradients therefore never exist in full on any rank: GradSpace takes the dot products of the local shards and
+sums them with one all-reduce, which equals the dot product of the full gradients because the shards are
+disjoint and cover every entry exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from unlearn.directions.gradspace import GradSpace
+from unlearn.train.backend import BACKENDS, OptimizerFactory
+from unlearn.train.backends.dist import DistributedBackend
+
+
+def local(ts: Sequence[Tensor]) -> list[Tensor]:
+    """This rank's shards of DTensors (plain tensors pass through); writes to them write the DTensor."""
+    return [t.to_local() if hasattr(t, "to_local") else t for t in ts]
+
+
+def shard_units(model: nn.Module) -> list[nn.Module]:
+    """The submodules to shard one by one: transformers' `_no_split_modules` (the decoder layers).
+
+    One FSDP unit per layer bounds the gathered (unsharded) parameters to one layer at a time; the root unit
+    then holds what is left (embeddings, final norm, head), including tied weights, which must stay together.
+    """
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names and m is not model]
+
+
+@BACKENDS.register("fsdp2")
+class FSDP2Backend(DistributedBackend):
+    """Fully sharded data parallelism on a 1-D device mesh (CPU/gloo or CUDA/NCCL).
+
+    Mixed precision (`bf16`) follows FSDP2's MixedPrecisionPolicy: parameters are all-gathered and computed in
+    bf16, gradients are reduced in float32 into float32 shards, and the optimizer steps float32 master shards.
+    fp16 is refused: FSDP2 has no loss scaling here, and fp16 gradients of small losses underflow.
+    The reference model is sharded the same way (it is as large as the model).
+    """
+
+    supported_precisions = ("bf16",)
+
+    def __init__(self, device: str = "auto", mixed_precision: str | None = None,
+                 gradient_checkpointing: bool = False, reshard_after_forward: bool = True) -> None:
+        super().__init__(device=device, mixed_precision=mixed_precision,
+                         gradient_checkpointing=gradient_checkpointing)
+        self.reshard_after_forward = bool(reshard_after_forward)
+        self.mesh: DeviceMesh = init_device_mesh(self.device.type, (self.world_size,))
+        self.space = GradSpace(all_reduce=self._all_reduce_sum)
+
+    def _policy(self) -> MixedPrecisionPolicy:
+        if self.param_dtype is None:
+            return MixedPrecisionPolicy()
+        return MixedPrecisionPolicy(param_dtype=self.param_dtype, reduce_dtype=torch.float32)
+
+    def _shard(self, model: nn.Module, reshard_after_forward: bool) -> nn.Module:
+        policy = self._policy()
+        for unit in shard_units(model):
+            fully_shard(unit, mesh=self.mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        fully_shard(model, mesh=self.mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
+        return model
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
+        model = self._shard(self._prepare(model), self.reshard_after_forward)
+        # fully_shard replaced every parameter by a sharded DTensor: the optimizer must be built afterwards, and
+        # then only ever sees (and keeps state for) this rank's shards.
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        if not self._params:
+            raise ValueError("the model has no trainable parameters")
+        self.model = model
+        self.optimizer = make_optimizer(self._params)
+        return model
+
+    def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
+        """Shard the frozen reference like the model; it is only run forward (gathered per layer, then freed)."""
+        ref_model = self._prepare(ref_model.requires_grad_(False))
+        return self._shard(ref_model, reshard_after_forward=True).eval()
+
+    # DTensor gradients: zero and swap them through their local shards, which is all this rank owns.
+    def zero_grads(self) -> None:
+        torch._foreach_zero_(local(self.grads()))
+
+    def take_grads(self) -> list[Tensor]:
+        current = self.grads()
+        if not self._spare:
+            self._spare = [torch.zeros_like(g) for g in current]
+        else:
+            torch._foreach_zero_(local(self._spare))
+        for p, buf in zip(self._params, self._spare, strict=True):
+            p.grad = buf
+        self._spare = current
+        return current

@@ -1,0 +1,263 @@
+"""DeepSpeed ZeRO (stages 0-3) as an unlearning backend.
+
+The loop's two passes (forget, retain) are each one DeepSpeed accumulation window: the engine's boundary flag is
+set on the last micro-batch of a pass, so DeepSpeed reduces (ZeRO-0/1: all-reduce; ZeRO-2/3: reduce-scatter)
+at the end of each pass and every rank is left with its own partition of that pass's averaged gradient.
+`zero_partitions` reads the partitions; GradSpace takes the local dot products and all-reduces them once; the
+loop writes u into the partition buffers; `engine.step()` then steps the fp32 master partitions with u. No rank
+ever holds a full gradient (ZeRO-2/3) or gathers one for the inner products.
+
+Things DeepSpeed would otherwise do on its own and that the loop owns instead:
+- batch sizes and accumulation: the loop weights every micro-batch by its share of the global batch, so the
+  engine is told `gradient_accumulation_steps = 1` (no loss division) and the boundary is set per pass;
+- clipping: `gradient_clipping` is forced to 0.0 (DeepSpeed 0.19.8 clips at 1.0 when the key is absent);
+  clipping acts on u through `trainer.max_grad_norm`;
+- the optimizer and LR schedule come from the `optimizer` config; DeepSpeed wraps the torch optimizer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from unlearn.directions.gradspace import GradSpace
+from unlearn.errors import ConfigError
+from unlearn.train.backend import BACKENDS, OptimizerFactory
+from unlearn.train.backends.dist import DistributedBackend
+from unlearn.train.backends.zero_partitions import GradPieces, grad_pieces
+
+ZERO_STAGES = (0, 1, 2, 3)
+# Keys of a DeepSpeed config that the trainer config owns; setting them in the DeepSpeed file is an error
+# rather than silently ignored.
+OWNED_KEYS = {
+    "train_batch_size": "trainer.batch_size",
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch_size",
+    "gradient_accumulation_steps": "trainer.micro_batch_size",
+    "optimizer": "optimizer.*",
+    "scheduler": "optimizer.scheduler",
+    "fp16": "trainer.mixed_precision",
+    "bf16": "trainer.mixed_precision",
+}
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def load_deepspeed_config(source: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A DeepSpeed config from a dict, or a JSON/YAML file (relative paths: the working directory, then the repo)."""
+    if source is None:
+        return {}
+    if isinstance(source, Mapping):
+        return copy.deepcopy(dict(source))
+    path = Path(source).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = REPO_ROOT / path
+    if not path.is_file():
+        raise ConfigError(f"trainer.deepspeed_config: no such file {source!r}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"trainer.deepspeed_config: {path} is not valid JSON/YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"trainer.deepspeed_config: {path} must hold a mapping, got {type(data).__name__}")
+    return data
+
+
+def build_deepspeed_config(
+    base: Mapping[str, Any], zero_stage: int, mixed_precision: str | None, world_size: int
+) -> dict[str, Any]:
+    """The config handed to `deepspeed.initialize`: the user's file plus the settings the loop depends on."""
+    cfg = copy.deepcopy(dict(base))
+    for key, owner in OWNED_KEYS.items():
+        if key in cfg:
+            raise ConfigError(f"trainer.deepspeed_config: {key!r} is set by {owner}; remove it from the file")
+    clip = cfg.get("gradient_clipping", 0.0)
+    if clip not in (0, 0.0):
+        raise ConfigError(
+            f"trainer.deepspeed_config.gradient_clipping: must be 0.0, got {clip!r}; DeepSpeed would clip the raw "
+            "gradient partitions. Clip the combined direction u with trainer.max_grad_norm instead"
+        )
+    zero = dict(cfg.get("zero_optimization") or {})
+    if "stage" in zero and int(zero["stage"]) != zero_stage:
+        raise ConfigError(
+            f"trainer.zero_stage: {zero_stage} disagrees with zero_optimization.stage={zero['stage']} in "
+            "trainer.deepspeed_config"
+        )
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none")
+        if device not in (None, "none"):
+            raise ConfigError(f"trainer.deepspeed_config.zero_optimization.{key}: offload is not supported "
+                              "(the loop reads and rewrites gradient partitions on the device)")
+    zero["stage"] = zero_stage
+    cfg.update({
+        "zero_optimization": zero,
+        "gradient_clipping": 0.0,
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": world_size,
+        # torch AdamW/SGD step elementwise, so they are correct on flat partitions; DeepSpeed only lists
+        # its own and Adam/AdamW as "tested".
+        "zero_allow_untested_optimizer": True,
+    })
+    cfg.setdefault("steps_per_print", 1 << 30)
+    cfg.setdefault("wall_clock_breakdown", False)
+    if mixed_precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif mixed_precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
+    if mixed_precision is not None:
+        # Accumulate micro-batch gradients in fp32: summing many bf16 gradients loses the digits that the
+        # projection's cancelling inner product <g_f, g_r> depends on.
+        cfg.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
+    return cfg
+
+
+def _skip_cpu_shm_op() -> None:
+    """Keep DeepSpeed from compiling its CPU shared-memory all-reduce op (~30 s on first use).
+
+    The op serves only DeepSpeed-inference's `inference_all_reduce`; training communication goes through
+    torch.distributed (gloo on CPU). Marking it incompatible makes `build_shm_op()` return None. CUDA runs are
+    untouched.
+    """
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != "cpu":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+@BACKENDS.register("deepspeed")
+class DeepSpeedBackend(DistributedBackend):
+    """DeepSpeed engine with ZeRO stage `zero_stage` (0: data parallel; 1: + optimizer state partitioned;
+    2: + gradients partitioned; 3: + parameters partitioned).
+
+    Args:
+        zero_stage: 0, 1, 2 or 3 (`trainer.zero_stage`).
+        deepspeed_config: path to a DeepSpeed JSON/YAML file (see configs/deepspeed/) or a mapping; batch sizes,
+            optimizer, scheduler and precision must not be set there (the trainer/optimizer configs own them).
+        mixed_precision: null, `bf16` or `fp16` (DeepSpeed keeps fp32 master weights; fp16 uses dynamic loss
+            scaling). Needs zero_stage >= 1.
+        gradient_checkpointing: recompute activations in backward.
+
+    The reference model: a replicated frozen copy for stages 0-2 (it costs one model's memory per rank, in the
+    training precision); for stage 3 it is partitioned by its own ZeRO-3 engine without an optimizer.
+    """
+
+    supported_precisions = ("bf16", "fp16")
+
+    def __init__(self, zero_stage: int = 2, deepspeed_config: str | Mapping[str, Any] | None = None,
+                 device: str = "auto", mixed_precision: str | None = None,
+                 gradient_checkpointing: bool = False) -> None:
+        # Validate the config before joining a process group, so a typo fails at once on every rank.
+        if isinstance(zero_stage, bool) or not isinstance(zero_stage, int) or zero_stage not in ZERO_STAGES:
+            raise ConfigError(f"trainer.zero_stage: must be one of 0, 1, 2, 3, got {zero_stage!r}")
+        if zero_stage == 0 and mixed_precision not in (None, "no", "fp32", "float32"):
+            raise ConfigError(
+                f"trainer.mixed_precision: {mixed_precision!r} needs trainer.zero_stage >= 1 (DeepSpeed's stage-0 "
+                "mixed-precision optimizer keeps its gradients where the loop cannot reach them)"
+            )
+        self.zero_stage = zero_stage
+        base = load_deepspeed_config(deepspeed_config)
+        build_deepspeed_config(base, zero_stage, mixed_precision, world_size=1)  # validation only
+        super().__init__(device=device, mixed_precision=mixed_precision,
+                         gradient_checkpointing=gradient_checkpointing)
+        self.mixed_precision = mixed_precision if self.param_dtype is not None else None
+        self.ds_config = build_deepspeed_config(base, zero_stage, self.mixed_precision, self.world_size)
+        self.engine: Any = None
+        self.pieces: GradPieces | None = None
+        self._pass_grads: list[Tensor] | None = None
+
+    # -- setup -------------------------------------------------------------------------------------------
+    def _deepspeed(self) -> Any:
+        import deepspeed
+
+        _skip_cpu_shm_op()
+        deepspeed.utils.logger.setLevel("WARNING")
+        return deepspeed
+
+    def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
+        deepspeed = self._deepspeed()
+        model = self._prepare(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        optimizer = make_optimizer(params)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.ds_config)
+        self.engine = engine
+        self.model = engine
+        # The torch optimizer DeepSpeed wraps: its param_groups (now holding the fp32 partitions) are the ones
+        # stepped, so an LR scheduler built on it drives the real learning rate.
+        self.optimizer = engine.basic_optimizer
+        self._params = [p for p in engine.module.parameters() if p.requires_grad]
+        self.pieces = grad_pieces(engine, self._params)
+        self.space = GradSpace(all_reduce=self._all_reduce_sum if self.pieces.sharded else None)
+        return engine
+
+    def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
+        if self.zero_stage < 3:
+            return super().prepare_reference(ref_model)
+        deepspeed = self._deepspeed()
+        ref_model = self._prepare(ref_model.requires_grad_(False)).eval()
+        cfg = {k: v for k, v in self.ds_config.items() if k not in ("zero_allow_untested_optimizer",)}
+        ref_engine, _, _, _ = deepspeed.initialize(model=ref_model, config=cfg)
+        ref_engine.eval()
+        return ref_engine
+
+    # -- gradients ---------------------------------------------------------------------------------------
+    def _require_engine(self) -> tuple[Any, GradPieces]:
+        if self.engine is None or self.pieces is None:
+            raise RuntimeError("DeepSpeedBackend.setup() must run first")
+        return self.engine, self.pieces
+
+    @contextlib.contextmanager
+    def accumulating(self, last: bool) -> Iterator[None]:
+        """One pass = one accumulation window: DeepSpeed reduces into partitions at the pass's last micro-batch."""
+        engine, _ = self._require_engine()
+        engine.set_gradient_accumulation_boundary(bool(last))
+        self._pass_grads = None
+        yield
+
+    def backward(self, loss: Tensor) -> None:
+        """Through the engine: it applies the fp16 loss scale and runs the reduction epilogue."""
+        engine, _ = self._require_engine()
+        engine.backward(loss, scale_wrt_gas=False)
+
+    def grads(self) -> list[Tensor]:
+        """This rank's pieces of the pass's gradient (memoised: u is written into these very tensors)."""
+        _, pieces = self._require_engine()
+        if self._pass_grads is None:
+            self._pass_grads = pieces.current()
+        return self._pass_grads
+
+    def zero_grads(self) -> None:
+        _, pieces = self._require_engine()
+        pieces.clear()
+        self._pass_grads = None
+
+    def take_grads(self) -> list[Tensor]:
+        _, pieces = self._require_engine()
+        taken = pieces.take()
+        pieces.clear()
+        self._pass_grads = None
+        return taken
+
+    # -- step --------------------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Hand u (written into this pass's pieces by the loop) to DeepSpeed and step the master partitions."""
+        engine, pieces = self._require_engine()
+        pieces.install(self.grads())
+        engine.set_gradient_accumulation_boundary(True)
+        engine.step()
+        self._pass_grads = None
