@@ -41,6 +41,7 @@ EVAL_CACHE_VERSION = 1
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv")
+SHARDED_CHECKPOINTS_UNSUPPORTED = ("fsdp2", "deepspeed")
 
 
 @dataclass
@@ -68,6 +69,9 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     backend_name = trainer.pop("backend")
     BACKENDS.get(backend_name)
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
+    if loop_kwargs.get("checkpoint_every") and backend_name in SHARDED_CHECKPOINTS_UNSUPPORTED:
+        raise ConfigError(f"trainer.checkpoint_every: checkpoints are not supported yet with "
+                          f"trainer.backend={backend_name} (single and ddp support them)")
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(
         cfg=cfg,
@@ -148,7 +152,10 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     """Run one experiment into `run_dir` and return its summary metrics."""
     run_dir, cfg, resume_from = _resolve_resume(cfg, Path(run_dir))
     p = plan(cfg)
-    if resume_from is None:
+    # The backend first: under torchrun it joins the process group, and from here on only rank 0 writes files.
+    backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
+    main = backend.rank == 0
+    if resume_from is None and main:
         clash = [f for f in RESULT_FILES if (run_dir / f).exists()]
         if clash:
             raise ConfigError(f"hydra.run.dir: {run_dir} already holds a run's results ({', '.join(clash)}); "
@@ -157,32 +164,33 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
         (run_dir / "config.yaml").write_text(yaml.safe_dump(p.cfg, sort_keys=False))
     cache_dir = Path(p.cfg.get("cache_dir") or ".cache/unlearn").expanduser()
     seed_everything(p.loop.seed)
-    log = print if console_print else (lambda *_: None)
+    log = print if console_print and main else (lambda *_: None)
 
-    # -- benchmark and models -------------------------------------------------------------------------------
+    # -- benchmark and models (rank 0 builds the cache, the others then read it) --------------------------------
     t0 = time.perf_counter()
-    prepared = prepare_benchmark(p.cfg["benchmark"], p.cfg["model"], cache_dir)
+    if main:
+        prepared = prepare_benchmark(p.cfg["benchmark"], p.cfg["model"], cache_dir, log=log)
+    backend.barrier()
+    if not main:
+        prepared = prepare_benchmark(p.cfg["benchmark"], p.cfg["model"], cache_dir, log=log)
     timings = {"prepare_seconds": time.perf_counter() - t0}
-    backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
     device = str(backend.device)
     model_cfg = p.cfg["model"]
     model = load_model(prepared.target_path, dtype=model_cfg.get("dtype", "float32"),
                        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
 
-    # -- reference rows (Original and Retain), cached --------------------------------------------------------
+    # -- reference rows (Original and Retain): evaluated on rank 0, cached ---------------------------------------
     rows: dict[str, dict[str, float]] = {}
     reference_tr = None
     t0 = time.perf_counter()
-    if prepared.retain_path is not None:
+    if main and prepared.retain_path is not None:
         retain_summary, _, reference_tr = evaluate_reference(
             p, prepared, prepared.retain_path, cache_dir, None, device)
-        retain_summary = {**retain_summary, "forget_quality": 1.0}  # KS of a sample against itself
-        rows["Retain"] = retain_summary
-    if p.cfg.get("eval_reference_models", True):
-        original_summary, _, _ = evaluate_reference(p, prepared, prepared.target_path, cache_dir, reference_tr,
-                                                    device)
-        rows["Original"] = original_summary
+        rows["Retain"] = {**retain_summary, "forget_quality": 1.0}  # KS of a sample against itself
+    if main and p.cfg.get("eval_reference_models", True):
+        rows["Original"], _, _ = evaluate_reference(p, prepared, prepared.target_path, cache_dir, reference_tr, device)
     timings["reference_eval_seconds"] = time.perf_counter() - t0
+    backend.barrier()
 
     # -- unlearn --------------------------------------------------------------------------------------------
     needs_ref = p.forget_loss.needs_ref or p.retain_loss.needs_ref
@@ -197,28 +205,36 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
         collate=fmt.collate, cfg=p.loop, ref_model=ref_model,
     )
     resume_step = None if resume_from is None else int(resume_from.name.split("-")[1])
-    writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step)
-    p.logger.start(p.cfg, run_dir)
+    writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step) if main else None
+    if main:
+        p.logger.start(p.cfg, run_dir)
     log(f"[unlearn] {p.cfg['method']['name']} on {p.cfg['benchmark']['name']}/{p.cfg['benchmark']['forget_split']}: "
         f"{len(forget_ex)} forget, {len(retain_ex)} retain examples, "
-        f"{p.loop.total_steps(len(forget_ex))} steps -> {run_dir}")
+        f"{p.loop.total_steps(len(forget_ex))} steps, {backend.world_size} process(es) -> {run_dir}")
 
     def on_step(row: dict[str, float]) -> None:
-        writer.write(row)
-        p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+        if writer is not None:
+            writer.write(row)
+            p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
 
     t0 = time.perf_counter()
     try:
         unlearner.run(forget_ex, retain_ex, on_step=on_step, checkpoint_dir=run_dir / "checkpoints",
                       resume_from=resume_from)
     finally:
-        writer.close()
-    steps = pd.read_csv(run_dir / "diagnostics.csv")["step"].tolist()
+        if writer is not None:
+            writer.close()
     timings["unlearn_seconds"] = time.perf_counter() - t0
+    trained = backend.export_model()  # collective under sharding; the full model on rank 0 only
+    if not main:
+        backend.barrier()
+        return {}
 
-    # -- evaluate the unlearned model ------------------------------------------------------------------------
+    # -- evaluate the unlearned model (rank 0) -----------------------------------------------------------------
+    assert trained is not None
+    steps = pd.read_csv(run_dir / "diagnostics.csv")["step"].tolist()
     t0 = time.perf_counter()
-    trained = unlearner.model
+    trained = trained.to(device)
     result = p.evaluator.evaluate(trained, prepared.tokenizer, fmt, prepared.data, reference_tr)
     timings["eval_seconds"] = time.perf_counter() - t0
     result.items.to_json(run_dir / "items.jsonl", orient="records", lines=True)
@@ -237,4 +253,5 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
         print_table(frame, title=f"{p.cfg['method']['name']} on {p.cfg['benchmark']['name']} "
                                  f"{p.cfg['benchmark']['forget_split']} (seed {p.loop.seed})")
         log(f"[unlearn] results in {run_dir}")
+    backend.barrier()
     return summary

@@ -95,6 +95,15 @@ class Backend:
         """Mean of a logged scalar across ranks (identity for one process)."""
         return value
 
+    # -- the trained model -------------------------------------------------------------------------------
+    def export_model(self) -> nn.Module | None:
+        """The full, unwrapped trained model on rank 0 (None on other ranks), for evaluation and saving.
+
+        Collective under sharding: every rank must call it. Replicated backends return the module they hold;
+        sharded ones gather a full state dict onto rank 0 and load it into an unsharded copy.
+        """
+        return self.model
+
     # -- checkpoints -------------------------------------------------------------------------------------
     def save_checkpoint(self, root: Path, step: int, extra: dict[str, Any], keep: int = 0) -> Path:
         """Write model, optimizer and `extra` (loop state) as checkpoint `step`; sharded backends override.

@@ -55,6 +55,10 @@ class DDPBackend(DistributedBackend):
         self.optimizer = make_optimizer(self._params)
         return self.ddp
 
+    def export_model(self) -> nn.Module | None:
+        """Every rank holds the full model; rank 0 hands out the module inside the DDP wrapper."""
+        return self.ddp.module if self.rank == 0 and self.ddp is not None else None
+
     @contextlib.contextmanager
     def accumulating(self, last: bool) -> Iterator[None]:
         """Only the last micro-batch of a pass all-reduces; the others accumulate locally under no_sync."""

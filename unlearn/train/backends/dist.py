@@ -159,3 +159,30 @@ class DistributedBackend(Backend):
         if self.param_dtype is not None:
             ref_model = ref_model.to(self.param_dtype)
         return ref_model.requires_grad_(False).eval()
+
+
+def rebuild_full_model(like: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
+    """An unsharded model of `like`'s class and config holding `state_dict`, built without a random init pass.
+
+    Parameters are created on the meta device and then assigned from the gathered tensors, so a 7B model is
+    not materialised twice; tied weights are re-tied afterwards.
+    """
+    config = getattr(like, "config", None)
+    if config is None:
+        raise TypeError(f"cannot rebuild {type(like).__name__}: it has no `config`")
+    with torch.device("meta"):
+        fresh = type(like)(config)
+    fresh.load_state_dict(state_dict, strict=False, assign=True)
+    if hasattr(fresh, "tie_weights"):
+        fresh.tie_weights()
+    # Non-persistent buffers (rotary frequencies) are not in any state dict; they are never sharded, so every
+    # rank's copy in `like` is complete.
+    source = dict(like.named_buffers())
+    for name, buf in list(fresh.named_buffers()):
+        if buf.is_meta and name in source:
+            owner, _, leaf = name.rpartition(".")
+            fresh.get_submodule(owner)._buffers[leaf] = source[name].detach().to("cpu", copy=True)
+    missing = [n for n, t in list(fresh.named_parameters()) + list(fresh.named_buffers()) if t.is_meta]
+    if missing:
+        raise RuntimeError(f"gathered state dict lacks {missing[:5]}")
+    return fresh.eval()

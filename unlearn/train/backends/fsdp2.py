@@ -79,6 +79,16 @@ class FSDP2Backend(DistributedBackend):
         self.optimizer = make_optimizer(self._params)
         return model
 
+    def export_model(self) -> nn.Module | None:
+        """Gather the sharded parameters into a full CPU state dict on rank 0 and rebuild an unsharded model."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from unlearn.train.backends.dist import rebuild_full_model
+
+        assert self.model is not None
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return rebuild_full_model(self.model, full) if self.rank == 0 else None
+
     def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """Shard the frozen reference like the model; it is only run forward (gathered per layer, then freed)."""
         ref_model = self._prepare(ref_model.requires_grad_(False))

@@ -205,6 +205,16 @@ class DeepSpeedBackend(DistributedBackend):
         self.space = GradSpace(all_reduce=self._all_reduce_sum if self.pieces.sharded else None)
         return engine
 
+    def export_model(self) -> nn.Module | None:
+        """ZeRO 0-2 keep full parameters on every rank; ZeRO-3 gathers them onto rank 0 (collective)."""
+        engine, _ = self._require_engine()
+        if self.zero_stage < 3:
+            return engine.module if self.rank == 0 else None
+        from unlearn.train.backends.dist import rebuild_full_model
+
+        full = engine._zero3_consolidated_16bit_state_dict()  # despite the name: the training dtype
+        return rebuild_full_model(engine.module, full) if self.rank == 0 else None
+
     def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         if self.zero_stage < 3:
             return super().prepare_reference(ref_model)
