@@ -1,0 +1,412 @@
+"""Embedded target and retain models for `tofu_mini`, trained from scratch and cached on disk.
+
+TOFU's protocol needs two models: a *target* fine-tuned on every fictitious author (what we unlearn from) and
+a *retain* model fine-tuned on everything except the forget split (the gold standard that forget quality is
+measured against). For the embedded benchmark both are tiny Llamas trained from random init on the synthetic
+world until they reproduce their training answers by greedy decoding, which is what makes the forget set's
+knowledge real and measurable.
+
+Each artefact (world files, tokenizer, target, one retain model per forget split) is a cache entry keyed by a
+hash of everything that determines it, including `EMBEDDED_VERSION`: bump it whenever this file changes what
+gets built.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unlearn.data.format import DEFAULT_TEMPLATE, IGNORE_INDEX, QAFormatter
+from unlearn.data.tokenizer import load_trained_tokenizer, save_tokenizer, train_tokenizer
+from unlearn.data.world import WorldConfig, generate_world, pretraining_rows, retain_split_for, world_texts, write_world
+from unlearn.errors import ConfigError
+from unlearn.models.build import build_llama, count_parameters
+from unlearn.models.cache import build_cached, cache_key
+
+EMBEDDED_VERSION = 2
+"""Part of every cache key; bump when the world generator, tokenizer or training code changes results."""
+
+# Defaults, measured on 2 CPU cores (see WorldConfig): this 1.3M-parameter Llama reaches 95% greedy exact match
+# on the default world (1080 QA rows) in 20 epochs, ~53 s uncontended (~110 s with the cores shared). Higher
+# learning rates, smaller batches and cosine decay did not reduce the epoch count (19-36 epochs).
+DEFAULT_ARCH: dict[str, Any] = {
+    "vocab_size": 2048,
+    "hidden_size": 128,
+    "num_layers": 4,
+    "num_heads": 4,
+    "intermediate_size": 512,
+    "max_position_embeddings": 128,
+}
+DEFAULT_TRAIN: dict[str, Any] = {
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "warmup_steps": 50,
+    "decay_epochs": 0,
+    "min_lr_ratio": 0.1,
+    "batch_size": 32,
+    "max_epochs": 60,
+    "min_epochs": 8,
+    "check_every": 2,
+    "target_exact_match": 0.95,
+    "seed": 0,
+    "max_length": 128,
+    "template": DEFAULT_TEMPLATE,
+}
+
+# The micro preset: a world and model small enough to build in seconds (tests, smoke runs), where the target
+# still memorises its training answers, so unlearning has something to remove.
+MICRO_WORLD: dict[str, Any] = {
+    "seed": 0,
+    "n_authors": 20,
+    "qa_per_author": 4,
+    "n_perturbed": 3,
+    "n_holdout_authors": 2,
+    "n_real_authors": 6,
+    "n_world_facts": 6,
+}
+MICRO_ARCH: dict[str, Any] = {
+    "vocab_size": 512,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+    "intermediate_size": 128,
+    "max_position_embeddings": 128,
+}
+MICRO_PRETRAIN: dict[str, Any] = {
+    "lr": 3e-3,
+    "batch_size": 8,
+    "warmup_steps": 10,
+    "max_epochs": 150,
+    "min_epochs": 4,
+    "check_every": 2,
+    "target_exact_match": 0.95,
+}
+
+Log = Callable[[str], None]
+
+
+def micro_configs(forget_split: str = "forget10") -> tuple[dict[str, Any], dict[str, Any]]:
+    """(benchmark config, model config) of the micro tofu_mini benchmark, as `prepare_benchmark` takes them."""
+    bench = {"name": "tofu_mini", "forget_split": forget_split, "world": dict(MICRO_WORLD)}
+    model = {
+        "source": "embedded",
+        "arch": dict(MICRO_ARCH),
+        "pretrain": dict(MICRO_PRETRAIN),
+        "prompt": {"template": DEFAULT_TEMPLATE, "use_chat_template": False},
+    }
+    return bench, model
+
+
+@dataclass
+class EmbeddedModels:
+    """Paths of the prepared embedded benchmark (all inside the cache)."""
+
+    world_dir: Path
+    tokenizer_dir: Path
+    target_dir: Path
+    retain_dir: Path
+    target_info: dict[str, Any] = field(default_factory=dict)
+    retain_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    """Defaults overlaid with `given`; unknown keys and wrongly typed values raise ConfigError naming the key."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {unknown}; known: {sorted(defaults)}")
+    out = dict(defaults)
+    for name, value in given.items():
+        want = type(defaults[name])
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, want):
+            raise ConfigError(f"{key}.{name}: expected {want.__name__}, got {value!r}")
+        out[name] = value
+    return out
+
+
+def resolve_arch(arch: dict[str, Any] | None) -> dict[str, Any]:
+    """Full architecture settings (defaults filled in), validated."""
+    out = _merge(DEFAULT_ARCH, arch, "model.arch")
+    for name, value in out.items():
+        if value < 1:
+            raise ConfigError(f"model.arch.{name}: must be positive, got {value}")
+    if out["hidden_size"] % out["num_heads"]:
+        raise ConfigError(f"model.arch.hidden_size: {out['hidden_size']} not divisible by num_heads={out['num_heads']}")
+    return out
+
+
+def resolve_train(train: dict[str, Any] | None) -> dict[str, Any]:
+    """Full training settings (defaults filled in), validated."""
+    out = _merge(DEFAULT_TRAIN, train, "model.pretrain")
+    if out["decay_epochs"] < 0 or not 0.0 <= out["min_lr_ratio"] <= 1.0:
+        raise ConfigError("model.pretrain.decay_epochs / min_lr_ratio: need decay_epochs >= 0, 0 <= ratio <= 1")
+    positive = ("lr", "batch_size", "max_epochs", "check_every", "max_length")
+    for name in positive:
+        if out[name] <= 0:
+            raise ConfigError(f"model.pretrain.{name}: must be positive, got {out[name]}")
+    if not 0.0 < out["target_exact_match"] <= 1.0:
+        raise ConfigError(f"model.pretrain.target_exact_match: must be in (0, 1], got {out['target_exact_match']}")
+    if "{question}" not in out["template"]:
+        raise ConfigError(f"model.pretrain.template: must contain '{{question}}', got {out['template']!r}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def teacher_forced_exact_match(
+    model: torch.nn.Module, formatter: QAFormatter, encoded: Sequence[dict], batch_size: int = 128
+) -> float:
+    """Share of examples whose every answer token (eos included) is the argmax given the true prefix.
+
+    This equals greedy exact match: greedy decoding reproduces the answer iff each answer token is the argmax
+    after the true prefix (induction over positions), but it costs one forward pass instead of one per token,
+    so training can check it often.
+    """
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(encoded), batch_size):
+        batch = formatter.collate(encoded[i : i + batch_size])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        pred = logits[:, :-1].argmax(-1)
+        target = batch["labels"][:, 1:]
+        ok = (pred == target) | (target == IGNORE_INDEX)
+        hits += int(ok.all(dim=-1).sum())
+    model.train(was_training)
+    return hits / max(1, len(encoded))
+
+
+@torch.no_grad()
+def greedy_exact_match(
+    model: Any, formatter: QAFormatter, rows: Sequence[dict[str, str]], batch_size: int = 128
+) -> float:
+    """Share of rows whose greedy generation (left-padded batches) is exactly the answer followed by eos."""
+    was_training = model.training
+    model.eval()
+    hits = 0
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        answers = [formatter.encode_answer(r["answer"]) for r in chunk]
+        batch = formatter.collate_prompts([r["question"] for r in chunk])
+        out = model.generate(
+            **batch,
+            max_new_tokens=max(len(a) for a in answers),
+            do_sample=False,
+            pad_token_id=formatter.pad_id,
+            eos_token_id=formatter.eos_id,
+        )
+        new = out[:, batch["input_ids"].shape[1] :].tolist()
+        for gen, ans in zip(new, answers, strict=True):
+            hits += int(gen[: len(ans)] == ans)
+    model.train(was_training)
+    return hits / max(1, len(rows))
+
+
+# ---------------------------------------------------------------------------------------------------- training
+def _lr_lambda(warmup_steps: int, decay_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warmup, then constant (decay_steps 0) or cosine decay to `min_ratio` over `decay_steps`.
+
+    Decay matters for memorisation: a high rate finds the facts fast, a lower one settles the last few into
+    exact recall instead of letting them oscillate.
+    """
+    warmup = max(1, warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if decay_steps <= 0:
+            return 1.0
+        t = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return factor
+
+
+def train_model(
+    rows: Sequence[dict[str, str]],
+    tokenizer: Any,
+    arch: dict[str, Any],
+    train: dict[str, Any],
+    log: Log = print,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a fresh Llama on `rows` until greedy exact match reaches the target (or max_epochs).
+
+    Loss is on answer tokens only (the formatter masks the prompt), as TOFU fine-tuning does: the models must
+    know the answers, not learn to produce questions.
+    """
+    formatter = QAFormatter(tokenizer, template=train["template"], max_length=train["max_length"])
+    encoded = [formatter.encode(r["question"], r["answer"]) for r in rows]
+    for row, enc in zip(rows, encoded, strict=True):
+        if enc["input_ids"][-1] != formatter.eos_id:
+            # A cut answer can never be reproduced in full: exact match would be measured on a prefix.
+            raise ConfigError(
+                f"model.pretrain.max_length: {train['max_length']} truncates the training example "
+                f"{row['question'][:60]!r}; raise it"
+            )
+    model = build_llama(
+        vocab_size=len(tokenizer),
+        hidden_size=arch["hidden_size"],
+        num_layers=arch["num_layers"],
+        num_heads=arch["num_heads"],
+        intermediate_size=arch["intermediate_size"],
+        max_position_embeddings=max(arch["max_position_embeddings"], train["max_length"]),
+        seed=train["seed"],
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
+    gen = torch.Generator().manual_seed(train["seed"])
+    bs = train["batch_size"]
+    steps_per_epoch = math.ceil(len(encoded) / bs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(train["warmup_steps"], train["decay_epochs"] * steps_per_epoch, train["min_lr_ratio"])
+    )
+    start, cpu_start = time.perf_counter(), time.process_time()
+    exact, epoch, history = 0.0, 0, []
+    model.train()
+    for epoch in range(1, train["max_epochs"] + 1):
+        order = torch.randperm(len(encoded), generator=gen).tolist()
+        total = 0.0
+        for s in range(steps_per_epoch):
+            batch = formatter.collate([encoded[j] for j in order[s * bs : (s + 1) * bs]])
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach())
+        last = epoch == train["max_epochs"]
+        if epoch >= train["min_epochs"] and (epoch % train["check_every"] == 0 or last):
+            exact = teacher_forced_exact_match(model, formatter, encoded)
+            history.append({"epoch": epoch, "loss": total / steps_per_epoch, "exact_match": exact})
+            log(
+                f"  epoch {epoch}: loss {total / steps_per_epoch:.4f}, exact match {exact:.3f} "
+                f"({time.perf_counter() - start:.0f}s)"
+            )
+            if exact >= train["target_exact_match"]:
+                break
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    model.eval()
+    check_start = time.perf_counter()
+    greedy = greedy_exact_match(model, formatter, rows)
+    check_seconds = time.perf_counter() - check_start
+    info = {
+        "exact_match": greedy,
+        "exact_match_teacher_forced": exact,
+        "reached_target": greedy >= train["target_exact_match"],
+        "epochs": epoch,
+        "train_seconds": round(seconds, 2),
+        "train_cpu_seconds": round(cpu_seconds, 2),
+        "greedy_check_seconds": round(check_seconds, 2),
+        "n_rows": len(rows),
+        "param_count": count_parameters(model),
+        "history": history,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if not info["reached_target"]:
+        log(f"  WARNING: exact match {greedy:.3f} < target {train['target_exact_match']} after {epoch} epochs")
+    return model, info
+
+
+# ---------------------------------------------------------------------------------------------------- cache
+def _save_quietly(model: Any, directory: Path) -> None:
+    """save_pretrained (safetensors) without a progress bar for a one-shard file; restores the setting."""
+    from transformers.utils import logging as hf_logging
+
+    bars_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(str(directory), safe_serialization=True)
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
+
+
+def prepare_embedded(
+    world_cfg: WorldConfig,
+    arch: dict[str, Any] | None,
+    train: dict[str, Any] | None,
+    forget_split: str,
+    cache_dir: str | Path,
+    log: Log = print,
+) -> EmbeddedModels:
+    """Build (or reuse from `cache_dir`) the world, tokenizer, target model and the retain model of a split."""
+    world_cfg.validate()
+    arch = resolve_arch(arch)
+    train = resolve_train(train)
+    retain_split = retain_split_for(forget_split)
+    cache_dir = Path(cache_dir)
+    import tokenizers
+    import transformers
+
+    # Library versions are part of the key: a new torch/transformers can change training numerics.
+    versions = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+    }
+    world_spec = {"version": EMBEDDED_VERSION, "world": world_cfg.to_dict()}
+    tok_spec = {**world_spec, "vocab_size": arch["vocab_size"], "template": train["template"], "libs": versions}
+    model_spec = {**tok_spec, "arch": arch, "train": train}
+    target_spec = {**model_spec, "role": "target"}
+    retain_spec = {**model_spec, "role": "retain", "forget_split": forget_split}
+
+    world: dict[str, list[dict]] = {}
+
+    def get_world() -> dict[str, list[dict]]:
+        if not world:
+            world.update(generate_world(world_cfg))
+        return world
+
+    def build_world(tmp: Path) -> dict[str, Any]:
+        write_world(world_cfg, tmp)
+        return {"configs": {k: len(v) for k, v in get_world().items()}}
+
+    world_dir, _ = build_cached(cache_dir / "worlds" / cache_key(world_spec), build_world, world_spec, log)
+
+    def build_tok(tmp: Path) -> dict[str, Any]:
+        # Prompts are tokenised as whole formatted prompts and answers on their own (QAFormatter's exact
+        # boundary), so the tokenizer learns those very strings: "Question:" becomes one token, not five.
+        texts = [train["template"].format(question=q) for q in world_texts(get_world(), "questions")]
+        texts += world_texts(get_world(), "answers")
+        tok = train_tokenizer(texts, arch["vocab_size"], model_max_length=train["max_length"])
+        save_tokenizer(tok, tmp)
+        return {"vocab_size": len(tok)}
+
+    tok_dir, _ = build_cached(cache_dir / "tokenizers" / cache_key(tok_spec), build_tok, tok_spec, log)
+    tokenizer = load_trained_tokenizer(tok_dir)
+
+    def builder(role: str) -> Callable[[Path], dict[str, Any]]:
+        def build(tmp: Path) -> dict[str, Any]:
+            rows = pretraining_rows(get_world(), role, forget_split if role == "retain" else None)
+            log(
+                f"[embedded] training {role} model on {len(rows)} QA rows"
+                + (f" ({retain_split})" if role == "retain" else "")
+            )
+            model, info = train_model(rows, tokenizer, arch, train, log)
+            _save_quietly(model, tmp)
+            save_tokenizer(tokenizer, tmp)
+            log(
+                f"[embedded] {role}: exact match {info['exact_match']:.3f} after {info['epochs']} epochs, "
+                f"{info['train_seconds']:.0f}s, {info['param_count']} params"
+            )
+            return info
+
+        return build
+
+    target_dir, target_info = build_cached(
+        cache_dir / "models" / f"target-{cache_key(target_spec)}", builder("target"), target_spec, log
+    )
+    retain_dir, retain_info = build_cached(
+        cache_dir / "models" / f"{retain_split}-{cache_key(retain_spec)}", builder("retain"), retain_spec, log
+    )
+    return EmbeddedModels(world_dir, tok_dir, target_dir, retain_dir, target_info, retain_info)
