@@ -6,6 +6,8 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export WANDB_MODE := offline
 export TOKENIZERS_PARALLELISM := false
+# Idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning slowed small-model training 5-10x.
+export OMP_WAIT_POLICY := PASSIVE
 
 .PHONY: setup test test-slow test-distributed lint demo table bench reproduce-tables clean-outputs
 
@@ -39,6 +41,11 @@ demo:
 # Every method x forget05/forget10 x 3 seeds on tofu_mini; writes outputs/tables/tofu_mini.md (README table).
 table:
 	$(BIN)/python -m experiments.tofu_mini_table
+
+# Step time and peak memory of every method vs GradDiff, loop throughput vs a bare loop, full tofu_mini eval time;
+# writes outputs/bench/bench.json + bench.md (archived per run under outputs/bench/runs/). CUDA adds a 1B section.
+bench:
+	$(BIN)/python -m experiments.bench
 
 clean-outputs:
 	@echo "outputs/ holds finished runs; remove it by hand if you really mean to."
