@@ -40,7 +40,7 @@ LOGP_REF = math.log(1 / 9)
 
 def _eval(registry, cfg) -> float:
     model, ref = FixedLogits(MODEL_LOGITS), FixedLogits(torch.zeros(1, 3, 3))
-    return float(build_objective(registry, cfg)(model, BATCH, ref))
+    return float(build_objective(registry, cfg)(model, BATCH, ref).detach())
 
 
 def _log_sigmoid(x: float) -> float:
