@@ -29,6 +29,7 @@ from unlearn.errors import ConfigError
 from unlearn.evals import build_evaluator
 from unlearn.loggers import LOGGERS
 from unlearn.models.build import load_model
+from unlearn.models.lora import apply_lora, resolve_lora
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.report.table import print_table, summary_frame
 from unlearn.train.backend import BACKENDS
@@ -64,6 +65,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     """Resolve and validate the whole config; raises ConfigError naming the first bad key."""
     cfg = to_container(cfg)
     validate_required(cfg)
+    resolve_lora(cfg["model"].get("lora"))
     BENCHMARKS.get(cfg["benchmark"]["name"])
     method, trainer = cfg["method"], dict(cfg["trainer"])
     backend_name = trainer.pop("backend")
@@ -178,6 +180,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     model_cfg = p.cfg["model"]
     model = load_model(prepared.target_path, dtype=model_cfg.get("dtype", "float32"),
                        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    model = apply_lora(model, model_cfg.get("lora"))  # unchanged unless model.lora is set
 
     # -- reference rows (Original and Retain): evaluated on rank 0, cached ---------------------------------------
     rows: dict[str, dict[str, float]] = {}
@@ -245,7 +248,9 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     frame = summary_frame({k: rows[k] for k in ("Original", "Retain", p.cfg["method"]["name"]) if k in rows})
     frame.to_csv(run_dir / "table.csv")
     if p.cfg.get("save_model"):
-        trained.save_pretrained(run_dir / "model", safe_serialization=True)
+        # A LoRA model is merged so the saved directory is a plain model that loads without peft.
+        to_save = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
+        to_save.save_pretrained(run_dir / "model", safe_serialization=True)
         prepared.tokenizer.save_pretrained(run_dir / "model")
     p.logger.summary(summary)
     p.logger.finish()

@@ -49,3 +49,14 @@ def test_blur_alignment_with_forget_gradient_is_gamma(e2e_cache: Path, tmp_path:
     run_experiment(cfg, tmp_path / "run", console_print=False)
     diag = pd.read_csv(tmp_path / "run" / "diagnostics.csv")
     assert diag["A_f"].tolist() == pytest.approx([0.5] * 4, rel=1e-6)
+
+
+def test_lora_run_trains_adapters_only(e2e_cache: Path, tmp_path: Path) -> None:
+    cfg = micro_cfg(e2e_cache, "method=blur_npo", "trainer.max_steps=3", "eval_reference_models=false",
+                    "model.lora={r:4,alpha:8,target_modules:[q_proj,v_proj]}", "save_model=true")
+    summary = run_experiment(cfg, tmp_path / "run", console_print=False)
+    diag = pd.read_csv(tmp_path / "run" / "diagnostics.csv")
+    assert diag["A_f"].tolist() == pytest.approx([1.0] * 3, rel=1e-6)
+    assert summary["steps"] == 3
+    saved = sorted(p.name for p in (tmp_path / "run" / "model").iterdir())
+    assert "model.safetensors" in saved and not any("adapter" in name for name in saved)  # merged, plain model

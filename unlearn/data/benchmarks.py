@@ -69,7 +69,7 @@ def _section(cfg: Any, key: str) -> dict[str, Any]:
 # evaluator's generation limit): accepted here without being used, so one section describes a benchmark.
 SHARED_BENCH_KEYS = frozenset({"name", "kind", "train", "max_new_tokens"})
 # Keys of the model section every model source has (dtype and trust_remote_code are used when it is loaded).
-SHARED_MODEL_KEYS = frozenset({"name", "source", "prompt", "dtype", "trust_remote_code"})
+SHARED_MODEL_KEYS = frozenset({"name", "source", "prompt", "dtype", "trust_remote_code", "lora"})
 
 
 def _check_keys(cfg: dict[str, Any], allowed: set[str] | frozenset[str], key: str) -> None:

@@ -61,6 +61,16 @@ def _dot64(x: Tensor, y: Tensor) -> Tensor:
     return torch.stack(parts).sum()
 
 
+def _gram64(x: Tensor, y: Tensor) -> Tensor:
+    """`[<x,x>, <x,y>, <y,y>]` in float64, casting each chunk of x and y once (not once per product)."""
+    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
+    parts = []
+    for i in range(0, x.numel(), _CHUNK):
+        xd, yd = x[i : i + _CHUNK].double(), y[i : i + _CHUNK].double()
+        parts.append(torch.stack([torch.dot(xd, xd), torch.dot(xd, yd), torch.dot(yd, yd)]))
+    return torch.stack(parts).sum(dim=0)
+
+
 class GradSpace:
     """Computes global inner products over lists of (possibly sharded) gradient tensors.
 
@@ -92,5 +102,16 @@ class GradSpace:
         return [float(v) for v in vec.tolist()]
 
     def gram(self, g_f: Sequence[Tensor], g_r: Sequence[Tensor]) -> Gram:
-        ff, fr, rr = self.dots([(g_f, g_f), (g_f, g_r), (g_r, g_r)])
+        """The three inner products every direction rule needs, fused: one float64 cast per gradient entry."""
+        if len(g_f) != len(g_r):
+            raise ValueError(f"gradient lists differ in length: {len(g_f)} vs {len(g_r)}")
+        terms = [_gram64(f, r) for f, r in zip(g_f, g_r, strict=True) if _local(f).numel() > 0]
+        if terms:
+            vec = torch.stack(terms).sum(dim=0)
+        else:  # this rank owns no entries; NCCL still needs a device tensor
+            device = _local(g_f[0]).device if len(g_f) else torch.device("cpu")
+            vec = torch.zeros(3, dtype=torch.float64, device=device)
+        if self.all_reduce is not None:
+            self.all_reduce(vec)
+        ff, fr, rr = (float(v) for v in vec.tolist())
         return Gram(ff=ff, fr=fr, rr=rr)

@@ -37,9 +37,9 @@ class KL(Objective):
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
         ref = self._require_ref(ref_model)
         mask = (batch["labels"][:, 1:] != -100).float()
-        logq = F.log_softmax(upcast(_forward_logits(model, batch)[:, :-1]), dim=-1)
-        with torch.no_grad():
+        with torch.no_grad():  # reference first, so its forward's temporaries are gone before the graph is built
             logp = F.log_softmax(upcast(_forward_logits(ref, batch)[:, :-1]), dim=-1)
+        logq = F.log_softmax(upcast(_forward_logits(model, batch)[:, :-1]), dim=-1)
         token_kl = (logp.exp() * (logp - logq)).sum(dim=-1)
         per_example = (token_kl * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         return per_example.mean()
