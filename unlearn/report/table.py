@@ -46,6 +46,14 @@ def mean_std_table(results: pd.DataFrame, by: Sequence[str], metrics: Sequence[s
     return out
 
 
+def _cell(v: object) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) >= 1):
+        return str(int(v))
+    return _fmt(float(v))
+
+
 def to_markdown(frame: pd.DataFrame) -> str:
     """A GitHub-markdown table (no tabulate dependency)."""
     index_names = [n or "" for n in (frame.index.names or [frame.index.name])]
@@ -53,6 +61,6 @@ def to_markdown(frame: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for idx, row in frame.iterrows():
         idx_vals = idx if isinstance(idx, tuple) else (idx,)
-        cells = [str(v) for v in idx_vals] + [v if isinstance(v, str) else _fmt(float(v)) for v in row]
+        cells = [str(v) for v in idx_vals] + [_cell(v) for v in row]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
