@@ -66,8 +66,12 @@ def runs(backend: str) -> list[dict[str, Any]]:
         ("uneven", 2, UNEVEN, kwargs),
     ]
     plan += [(mp, 2, BATCH, {**kwargs, "mixed_precision": mp}) for mp in precisions]
-    return [{"tag": f"{backend}_{tag}", "backend": name, "micro": micro, "batch": batch, "kwargs": kw}
-            for tag, micro, batch, kw in plan]
+    out = [{"tag": f"{backend}_{tag}", "backend": name, "micro": micro, "batch": batch, "kwargs": kw}
+           for tag, micro, batch, kw in plan]
+    if backend in RESUMABLE:
+        out.append({"tag": f"{backend}_resume", "backend": name, "micro": 2, "batch": BATCH, "kwargs": kwargs,
+                    "resume_after": 2})
+    return out
 
 
 def launch(group: str, run_list: list[dict[str, Any]], out: Path) -> None:
@@ -166,3 +170,18 @@ def test_mixed_precision_agrees_across_ranks_and_with_fp32(backend: str, precisi
     want = torch.cat([reference["params"][n].reshape(-1) for n in names])
     err = rel_error(got, want)
     assert err < 3e-2, f"{what}: parameters off by {err:.2e} (relative)"
+
+
+# Backends whose checkpoints are implemented (replicated state, written by rank 0 as safetensors).
+RESUMABLE = ("ddp",)
+
+
+@pytest.mark.parametrize("backend", RESUMABLE)
+def test_resume_after_a_stop_equals_no_stop(backend: str, results, references) -> None:
+    """2 steps, checkpoint, a fresh backend loads it and takes step 3: the single-process 3-step parameters."""
+    reference = references[BATCH]
+    ranks = results(backend, "resume")
+    assert_same_on_every_rank(ranks, f"{backend}/resume")
+    for r, rk in enumerate(ranks):
+        for n, ref_p in reference["params"].items():
+            torch.testing.assert_close(rk["params"][n], ref_p, rtol=1e-5, atol=1e-6, msg=f"{backend} rank {r}: {n}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from dist_harness import run_steps, unlearner
+from dist_harness import batches, run_steps, unlearner
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
@@ -37,6 +37,24 @@ def full_parameters(backend: Backend, model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
+    """Take `resume_after` steps, checkpoint, then continue in a *fresh* backend and unlearner from the files."""
+    k = run["resume_after"]
+    all_batches = batches(u.cfg.batch_size)
+    rows = [u.step(f, r) for f, r in all_batches[:k]]
+    root = out_dir / f"{run['tag']}_checkpoints"
+    u.backend.save_checkpoint(root, k, {"scheduler": None})
+    fresh = unlearner(BACKENDS.build(run["backend"], **run["kwargs"]), micro_batch_size=run["micro"],
+                      batch=run["batch"])  # new random-free init: same seed, but all state must come from disk
+    with torch.no_grad():  # scramble the weights so a load that silently did nothing cannot pass
+        for p in fresh.model.parameters():
+            p.add_(1.0)
+    state = fresh.backend.load_checkpoint(root / f"step-{k:08d}")
+    assert state["step"] == k
+    u.backend, u.model = fresh.backend, fresh.model
+    return rows + [fresh.step(f, r) for f, r in all_batches[k:]]
+
+
 def main() -> None:
     runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -45,7 +63,11 @@ def main() -> None:
             print(f"[worker] run {run['tag']}", flush=True)
             backend = BACKENDS.build(run["backend"], **run["kwargs"])
             u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"])
-            rows = run_steps(u)
+            if run.get("resume_after"):
+                rows = resume_run(u, run, out_dir)
+                backend = u.backend
+            else:
+                rows = run_steps(u)
             params = full_parameters(backend, u.model)
             torch.save({"rows": rows, "params": params}, out_dir / f"{run['tag']}_rank{backend.rank}.pt")
     finally:

@@ -113,15 +113,15 @@ class Backend:
         assert self.model is not None and self.optimizer is not None
         from unlearn.train.checkpoint import step_dir
 
-        if self.rank == 0:
-            save_checkpoint(root, step, self.model, self.optimizer, extra, keep=keep)
+        if self.rank == 0:  # the unwrapped module, so files carry plain parameter names (no DDP `module.`)
+            save_checkpoint(root, step, getattr(self.model, "module", self.model), self.optimizer, extra, keep=keep)
         self.barrier()
         return step_dir(root, step)
 
     def load_checkpoint(self, directory: Path) -> dict[str, Any]:
         """Restore model and optimizer from `directory`; return the loop state saved with them."""
         assert self.model is not None and self.optimizer is not None
-        return load_checkpoint(directory, self.model, self.optimizer)
+        return load_checkpoint(directory, getattr(self.model, "module", self.model), self.optimizer)
 
     def barrier(self) -> None:
         """Wait for every rank (no-op for one process)."""
