@@ -42,7 +42,7 @@ EVAL_CACHE_VERSION = 1
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv")
-SHARDED_CHECKPOINTS_UNSUPPORTED = ("fsdp2", "deepspeed")
+SHARDED_CHECKPOINTS_UNSUPPORTED = ("deepspeed",)
 
 
 @dataclass
@@ -73,7 +73,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
     if loop_kwargs.get("checkpoint_every") and backend_name in SHARDED_CHECKPOINTS_UNSUPPORTED:
         raise ConfigError(f"trainer.checkpoint_every: checkpoints are not supported yet with "
-                          f"trainer.backend={backend_name} (single and ddp support them)")
+                          f"trainer.backend={backend_name} (single, ddp and fsdp2 support them)")
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(
         cfg=cfg,

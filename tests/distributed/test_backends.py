@@ -172,8 +172,8 @@ def test_mixed_precision_agrees_across_ranks_and_with_fp32(backend: str, precisi
     assert err < 3e-2, f"{what}: parameters off by {err:.2e} (relative)"
 
 
-# Backends whose checkpoints are implemented (replicated state, written by rank 0 as safetensors).
-RESUMABLE = ("ddp",)
+# Backends whose checkpoints are implemented: DDP (replicated, rank 0 writes), FSDP2 (per-rank shards).
+RESUMABLE = ("ddp", "fsdp2")
 
 
 @pytest.mark.parametrize("backend", RESUMABLE)

@@ -10,6 +10,8 @@ disjoint and cover every entry exactly once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from unlearn.directions.gradspace import GradSpace
 from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
+from unlearn.train.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 
 
 def local(ts: Sequence[Tensor]) -> list[Tensor]:
@@ -88,6 +91,16 @@ class FSDP2Backend(DistributedBackend):
         assert self.model is not None
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return rebuild_full_model(self.model, full) if self.rank == 0 else None
+
+    # -- checkpoints: each rank writes and reads its own shards (safetensors), same world size to resume ----------
+    def save_checkpoint(self, root: Path, step: int, extra: dict[str, Any], keep: int = 0) -> Path:
+        assert self.model is not None and self.optimizer is not None
+        return save_sharded_checkpoint(root, step, self.rank, self.world_size, self.model, self.optimizer, extra,
+                                       self.barrier, keep=keep)
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        assert self.model is not None and self.optimizer is not None
+        return load_sharded_checkpoint(directory, self.rank, self.world_size, self.model, self.optimizer)
 
     def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """Shard the frozen reference like the model; it is only run forward (gathered per layer, then freed)."""
