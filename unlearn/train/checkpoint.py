@@ -32,17 +32,9 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into flat tensors and a JSON-able remainder."""
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for pid, st in sd["state"].items():
-        for name, value in st.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{pid}.{name}"] = value.detach().contiguous().cpu()
-            else:
-                scalars.setdefault(str(pid), {})[name] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    """Split an optimizer state dict into flat CPU tensors and a JSON-able remainder."""
+    tensors, meta = optimizer_to_tensors_shallow(optimizer)
+    return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, meta
 
 
 def optimizer_from_tensors(

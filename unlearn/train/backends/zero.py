@@ -20,17 +20,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import shutil
+import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
 from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
-from unlearn.train.backends.zero_partitions import GradPieces, grad_pieces
+from unlearn.train.backends.zero_partitions import GradPieces, grad_pieces, master_state
+from unlearn.train.checkpoint import STATE_FILE, optimizer_from_tensors, optimizer_to_tensors, step_dir
 
 ZERO_STAGES = (0, 1, 2, 3)
 # Keys of a DeepSpeed config that the trainer config owns; setting them in the DeepSpeed file is an error
@@ -169,6 +174,8 @@ class DeepSpeedBackend(DistributedBackend):
                 "mixed-precision optimizer keeps its gradients where the loop cannot reach them)"
             )
         self.zero_stage = zero_stage
+        # ZeRO-0 keeps everything on every rank: rank 0 writes the single-process checkpoint, like DDP.
+        self.replicated_state = zero_stage == 0
         base = load_deepspeed_config(deepspeed_config)
         build_deepspeed_config(base, zero_stage, mixed_precision, world_size=1)  # validation only
         super().__init__(device=device, mixed_precision=mixed_precision,
@@ -271,3 +278,129 @@ class DeepSpeedBackend(DistributedBackend):
         engine.set_gradient_accumulation_boundary(True)
         engine.step()
         self._pass_grads = None
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+    def _rank_file(self, rank: int) -> str:
+        return f"rank{rank:05d}.safetensors"
+
+    def save_checkpoint(self, root: Path, step: int, extra: dict[str, Any], keep: int = 0) -> Path:
+        """ZeRO-0: the single-process format (rank 0). ZeRO-1/2/3: one safetensors file per rank.
+
+        `rankNNNNN.safetensors` holds that rank's fp32 master partitions (`master.<g>`) and the optimizer state
+        over them (`optimizer.state.<i>.<name>`; non-tensor entries in the file's metadata); `trainer_state.json`
+        (rank 0) holds step, `extra`, world size, stage, the optimizer's param_groups and every rank's torch RNG
+        state. Written into a temporary directory that rank 0 renames into place once every rank has written.
+        """
+        if self.zero_stage == 0:
+            return super().save_checkpoint(root, step, {**extra, "zero_stage": 0, "world_size": self.world_size},
+                                           keep=keep)
+        from safetensors.torch import save_file
+
+        engine, _ = self._require_engine()
+        self._check_checkpointable()
+        masters = master_state(engine)
+        final = step_dir(root, step)
+        tmp = root / f".tmp-{final.name}-zero"
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        rng = torch.get_rng_state()
+        rngs = [torch.empty_like(rng) for _ in range(self.world_size)]
+        dist.all_gather(rngs, rng)  # gloo/CPU tensors; the RNG state is a CPU tensor on every backend
+        self.barrier()
+        tensors = {f"master.{g}": t.detach().contiguous().cpu() for g, t in enumerate(masters.masters())}
+        opt_tensors, opt_meta = optimizer_to_tensors(
+            types.SimpleNamespace(state_dict=masters.optimizer_state))  # type: ignore[arg-type]
+        tensors.update({f"optimizer.{k}": v for k, v in opt_tensors.items()})
+        save_file(tensors, str(tmp / self._rank_file(self.rank)),
+                  metadata={"optimizer_scalars": json.dumps(opt_meta["scalars"]), "rank": str(self.rank)})
+        self.barrier()
+        if self.rank == 0:
+            state = {
+                "step": step,
+                "world_size": self.world_size,
+                "zero_stage": self.zero_stage,
+                "mixed_precision": self.mixed_precision,
+                "optimizer": {"param_groups": opt_meta["param_groups"]},
+                "deepspeed": {"global_steps": int(engine.global_steps),
+                              "global_samples": int(engine.global_samples),
+                              "skipped_steps": int(engine.skipped_steps)},
+                "torch_rng": [r.tolist() for r in rngs],
+                **extra,
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state))
+            if final.exists():  # the same step saved by an earlier attempt: replace it
+                shutil.rmtree(final)
+            tmp.rename(final)
+            if keep > 0:
+                for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+                    shutil.rmtree(old)
+        self.barrier()
+        return final
+
+    def load_checkpoint(self, directory: Path) -> dict[str, Any]:
+        """Restore this rank's master partitions and optimizer state, then the model's working parameters."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        engine, _ = self._require_engine()
+        directory = Path(directory)
+        state_path = directory / STATE_FILE
+        if not state_path.is_file():
+            raise ConfigError(f"resume: {directory} is not a checkpoint (no {STATE_FILE})")
+        state = json.loads(state_path.read_text())
+        saved_stage, saved_world = state.get("zero_stage"), state.get("world_size")
+        if saved_stage is None or saved_world is None:
+            raise ConfigError(f"resume: {directory} was not written by the deepspeed backend (no zero_stage/"
+                              "world_size); resume with the backend that wrote it")
+        if saved_stage != self.zero_stage or saved_world != self.world_size:
+            raise ConfigError(
+                f"resume: {directory} was written with zero_stage={saved_stage} on {saved_world} ranks; this run "
+                f"has zero_stage={self.zero_stage} on {self.world_size} ranks. ZeRO checkpoints hold per-rank "
+                "partitions and resume only with the same stage and world size"
+            )
+        if self.zero_stage == 0:
+            return super().load_checkpoint(directory)
+        self._check_checkpointable()
+        if state.get("mixed_precision") != self.mixed_precision:
+            raise ConfigError(f"resume: {directory} was written with mixed_precision="
+                              f"{state.get('mixed_precision')!r}, this run has {self.mixed_precision!r}")
+        masters = master_state(engine)
+        path = directory / self._rank_file(self.rank)
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            scalars = json.loads(f.metadata()["optimizer_scalars"])
+        current = masters.masters()
+        for g, t in enumerate(current):
+            saved = tensors.get(f"master.{g}")
+            if saved is None or saved.shape != t.shape:
+                raise ConfigError(
+                    f"resume: {path} master partition {g} has shape "
+                    f"{None if saved is None else tuple(saved.shape)}, this run's is {tuple(t.shape)} (a different "
+                    "model, parameter grouping or ZeRO config)")
+        if sum(k.startswith("master.") for k in tensors) != len(current):
+            raise ConfigError(f"resume: {path} holds a different number of master partitions than this run")
+        with torch.no_grad():
+            for g, t in enumerate(current):
+                t.copy_(tensors[f"master.{g}"].to(device=t.device, dtype=t.dtype))
+        opt_tensors = {k.removeprefix("optimizer."): v.to(self.device)
+                       for k, v in tensors.items() if k.startswith("optimizer.")}
+        optimizer_from_tensors(types.SimpleNamespace(load_state_dict=masters.load_optimizer_state),  # type: ignore[arg-type]
+                               opt_tensors, {"param_groups": state["optimizer"]["param_groups"],
+                                             "scalars": scalars})
+        masters.refresh_model()
+        counters = state.get("deepspeed", {})
+        engine.global_steps = counters.get("global_steps", engine.global_steps)
+        engine.global_samples = counters.get("global_samples", engine.global_samples)
+        engine.skipped_steps = counters.get("skipped_steps", engine.skipped_steps)
+        torch.set_rng_state(torch.tensor(state["torch_rng"][self.rank], dtype=torch.uint8))
+        self.barrier()
+        return state
+
+    def _check_checkpointable(self) -> None:
+        if self.mixed_precision is not None:
+            raise NotImplementedError(
+                f"trainer.checkpoint_every / resume: deepspeed checkpoints are implemented for fp32 only (this run: "
+                f"mixed_precision={self.mixed_precision!r}); set trainer.checkpoint_every=0"
+            )

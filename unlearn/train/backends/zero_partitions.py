@@ -233,3 +233,88 @@ def grad_pieces(engine: Any, params: list[nn.Parameter]) -> GradPieces:
     if isinstance(opt, torch.optim.Optimizer):
         return ReplicatedGrads(params)
     raise NotImplementedError(f"DeepSpeed optimizer {type(opt).__name__} is not supported by the unlearning loop")
+
+
+# -- checkpoint state: this rank's fp32 master partitions and the optimizer state over them ----------------------
+#
+# | optimizer (engine.optimizer)       | master partitions (fp32)             | refresh working params from masters  |
+# |------------------------------------|--------------------------------------|--------------------------------------|
+# | DeepSpeedZeroOptimizer (ZeRO-1/2)  | `single_partition_of_fp32_groups[g]` | `update_lp_params()`: copy into this |
+# |                                    |                                      | rank's bit16 slice, all-gather flat  |
+# | DeepSpeedZeroOptimizer_Stage3      | `fp32_partitioned_groups_flat[s]`    | `_reassign_or_swap_out_partitioned_  |
+# |                                    |                                      | parameters(s)` (what step() does),   |
+# |                                    |                                      | then `checkpoint_event_epilogue()`   |
+#
+# The wrapped torch optimizer (`optimizer.optimizer`) holds the master partitions as its parameters (ZeRO-1/2
+# always; ZeRO-3 only inside `step()`, so they are put in for the state_dict round trip and taken out again).
+
+
+class MasterState:
+    """This rank's share of the trained state under ZeRO-1/2/3, in the optimizer's own partitioning."""
+
+    def __init__(self, optimizer: Any) -> None:
+        self.opt = optimizer
+
+    def masters(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The wrapped torch optimizer's state_dict over the master partitions."""
+        return self.opt.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.opt.optimizer.load_state_dict(state)
+
+    def refresh_model(self) -> None:
+        """Make the model's working parameters (all ranks' copies/partitions) equal the master partitions."""
+        raise NotImplementedError
+
+
+class Stage12Masters(MasterState):
+    def masters(self) -> list[Tensor]:
+        return list(self.opt.single_partition_of_fp32_groups)
+
+    @torch.no_grad()
+    def refresh_model(self) -> None:
+        self.opt.update_lp_params()  # collective: all-gathers the bit16 partitions into the model's flat buffers
+
+
+class Stage3Masters(MasterState):
+    def masters(self) -> list[Tensor]:
+        return list(self.opt.fp32_partitioned_groups_flat)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        self.opt._set_fp32_optimizer_param_groups()
+        try:
+            return self.opt.optimizer.state_dict()
+        finally:
+            self.opt._clear_fp32_optimizer_param_groups()
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        self.opt._set_fp32_optimizer_param_groups()
+        try:
+            self.opt.optimizer.load_state_dict(state)
+        finally:
+            self.opt._clear_fp32_optimizer_param_groups()
+
+    @torch.no_grad()
+    def refresh_model(self) -> None:
+        for sub_group in range(len(self.opt.fp16_groups)):
+            # copies the fp32 master into the lp flat buffer and re-points every param's ds_tensor at it
+            self.opt._reassign_or_swap_out_partitioned_parameters(sub_group)
+        # re-gathers the parameters ZeRO-3 keeps whole (below stage3_param_persistence_threshold)
+        self.opt.checkpoint_event_epilogue()
+
+
+def master_state(engine: Any) -> MasterState:
+    """The checkpoint accessor for `engine.optimizer` (ZeRO-1/2/3 without offload); others are refused."""
+    from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    opt = engine.optimizer
+    if isinstance(opt, DeepSpeedZeroOptimizer_Stage3) and not getattr(opt, "offload_optimizer", False) \
+            and not getattr(opt, "swap_optimizer", False):
+        return Stage3Masters(opt)
+    if isinstance(opt, DeepSpeedZeroOptimizer) and not getattr(opt, "cpu_offload", False):
+        return Stage12Masters(opt)
+    raise NotImplementedError(f"checkpoints are not implemented for DeepSpeed optimizer {type(opt).__name__}")
