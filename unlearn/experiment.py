@@ -42,7 +42,6 @@ EVAL_CACHE_VERSION = 1
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv")
-SHARDED_CHECKPOINTS_UNSUPPORTED = ("deepspeed",)
 
 
 @dataclass
@@ -71,9 +70,10 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     backend_name = trainer.pop("backend")
     BACKENDS.get(backend_name)
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
-    if loop_kwargs.get("checkpoint_every") and backend_name in SHARDED_CHECKPOINTS_UNSUPPORTED:
-        raise ConfigError(f"trainer.checkpoint_every: checkpoints are not supported yet with "
-                          f"trainer.backend={backend_name} (single, ddp and fsdp2 support them)")
+    if (loop_kwargs.get("checkpoint_every") and backend_name == "deepspeed"
+            and trainer.get("mixed_precision") == "fp16"):
+        raise ConfigError("trainer.checkpoint_every: DeepSpeed checkpoints do not save the fp16 loss-scaler state; "
+                          "use trainer.mixed_precision=bf16 (or none) with checkpoints")
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(
         cfg=cfg,

@@ -305,9 +305,9 @@ class DeepSpeedBackend(DistributedBackend):
             if tmp.exists():
                 shutil.rmtree(tmp)
             tmp.mkdir(parents=True)
-        rng = torch.get_rng_state()
+        rng = torch.get_rng_state().to(self.device)  # NCCL gathers device tensors only
         rngs = [torch.empty_like(rng) for _ in range(self.world_size)]
-        dist.all_gather(rngs, rng)  # gloo/CPU tensors; the RNG state is a CPU tensor on every backend
+        dist.all_gather(rngs, rng)
         self.barrier()
         tensors = {f"master.{g}": t.detach().contiguous().cpu() for g, t in enumerate(masters.masters())}
         opt_tensors, opt_meta = optimizer_to_tensors(
@@ -326,7 +326,7 @@ class DeepSpeedBackend(DistributedBackend):
                 "deepspeed": {"global_steps": int(engine.global_steps),
                               "global_samples": int(engine.global_samples),
                               "skipped_steps": int(engine.skipped_steps)},
-                "torch_rng": [r.tolist() for r in rngs],
+                "torch_rng": [r.cpu().tolist() for r in rngs],
                 **extra,
             }
             (tmp / STATE_FILE).write_text(json.dumps(state))
@@ -384,8 +384,8 @@ class DeepSpeedBackend(DistributedBackend):
         with torch.no_grad():
             for g, t in enumerate(current):
                 t.copy_(tensors[f"master.{g}"].to(device=t.device, dtype=t.dtype))
-        opt_tensors = {k.removeprefix("optimizer."): v.to(self.device)
-                       for k, v in tensors.items() if k.startswith("optimizer.")}
+        # torch's load_state_dict moves state to each parameter's device itself (and keeps `step` where it wants)
+        opt_tensors = {k.removeprefix("optimizer."): v for k, v in tensors.items() if k.startswith("optimizer.")}
         optimizer_from_tensors(types.SimpleNamespace(load_state_dict=masters.load_optimizer_state),  # type: ignore[arg-type]
                                opt_tensors, {"param_groups": state["optimizer"]["param_groups"],
                                              "scalars": scalars})
@@ -399,8 +399,10 @@ class DeepSpeedBackend(DistributedBackend):
         return state
 
     def _check_checkpointable(self) -> None:
-        if self.mixed_precision is not None:
+        # fp16's dynamic loss scaler (scale, hysteresis, overflow counters) is not saved, so a resumed fp16 run
+        # would not continue the one that stopped.
+        if self.mixed_precision == "fp16":
             raise NotImplementedError(
-                f"trainer.checkpoint_every / resume: deepspeed checkpoints are implemented for fp32 only (this run: "
-                f"mixed_precision={self.mixed_precision!r}); set trainer.checkpoint_every=0"
+                "trainer.checkpoint_every / resume: deepspeed checkpoints are implemented for fp32 and bf16, not "
+                "fp16 (the dynamic loss scale is not saved); set trainer.checkpoint_every=0"
             )

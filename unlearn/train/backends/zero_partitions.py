@@ -241,6 +241,7 @@ def grad_pieces(engine: Any, params: list[nn.Parameter]) -> GradPieces:
 # |------------------------------------|--------------------------------------|--------------------------------------|
 # | DeepSpeedZeroOptimizer (ZeRO-1/2)  | `single_partition_of_fp32_groups[g]` | `update_lp_params()`: copy into this |
 # |                                    |                                      | rank's bit16 slice, all-gather flat  |
+# | BF16_Optimizer (ZeRO-1, bf16)      | `fp32_groups_flat_partition[g]`      | `update_lp_params()` (same)          |
 # | DeepSpeedZeroOptimizer_Stage3      | `fp32_partitioned_groups_flat[s]`    | `_reassign_or_swap_out_partitioned_  |
 # |                                    |                                      | parameters(s)` (what step() does),   |
 # |                                    |                                      | then `checkpoint_event_epilogue()`   |
@@ -279,6 +280,15 @@ class Stage12Masters(MasterState):
         self.opt.update_lp_params()  # collective: all-gathers the bit16 partitions into the model's flat buffers
 
 
+class BF16Masters(MasterState):
+    def masters(self) -> list[Tensor]:
+        return list(self.opt.fp32_groups_flat_partition)
+
+    @torch.no_grad()
+    def refresh_model(self) -> None:
+        self.opt.update_lp_params()
+
+
 class Stage3Masters(MasterState):
     def masters(self) -> list[Tensor]:
         return list(self.opt.fp32_partitioned_groups_flat)
@@ -308,6 +318,7 @@ class Stage3Masters(MasterState):
 
 def master_state(engine: Any) -> MasterState:
     """The checkpoint accessor for `engine.optimizer` (ZeRO-1/2/3 without offload); others are refused."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
     from deepspeed.runtime.zero.stage3 import DeepSpeedZeroOptimizer_Stage3
     from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
@@ -317,4 +328,6 @@ def master_state(engine: Any) -> MasterState:
         return Stage3Masters(opt)
     if isinstance(opt, DeepSpeedZeroOptimizer) and not getattr(opt, "cpu_offload", False):
         return Stage12Masters(opt)
+    if isinstance(opt, BF16_Optimizer):
+        return BF16Masters(opt)
     raise NotImplementedError(f"checkpoints are not implemented for DeepSpeed optimizer {type(opt).__name__}")

@@ -1,0 +1,109 @@
+"""DeepSpeed checkpoints (ZeRO-1/2/3: per-rank safetensors): resuming after a stop equals not stopping.
+
+One launch of 2 workers (gloo, CPU) runs, for each stage (0 too: the replicated, rank-0 format), in fp32:
+2 BLUR-NPO steps, a checkpoint, a fresh backend whose weights are scrambled, the load and step 3; the parameters
+must be the single-process 3-step ones on both ranks. Loading another stage's checkpoint must be refused with an
+error naming `resume`. In bf16 (ZeRO-1/2/3; no single-process ground truth) the resumed run must end exactly where
+the same run without a stop ends.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from dist_harness import DIAGNOSTICS, free_port, single_process_reference, worker_env
+
+pytestmark = pytest.mark.distributed
+
+WORLD = 2
+WORKER = Path(__file__).with_name("zero_resume_worker.py")
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
+TIMEOUT_S = 300
+STAGES = (0, 1, 2, 3)  # 0: replicated, rank 0 writes the single-process format
+FILES = {
+    0: ["model.safetensors", "optimizer.safetensors", "trainer_state.json"],
+    **{s: ["rank00000.safetensors", "rank00001.safetensors", "trainer_state.json"] for s in (1, 2, 3)},
+}
+
+
+def zero_config(stage: int) -> dict[str, Any]:
+    cfg = json.loads((CONFIGS / f"zero{stage}.json").read_text())
+    if stage == 3:
+        cfg["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even tiny parameters
+    return cfg
+
+
+def launch(run_list: list[dict[str, Any]], out: Path) -> None:
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, str(WORKER), json.dumps(run_list), str(out)],
+                         env=worker_env(rank, WORLD, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for rank in range(WORLD)
+    ]
+    deadline = time.monotonic() + TIMEOUT_S
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+            p.communicate()
+        pytest.fail(f"zero resume workers did not finish within {TIMEOUT_S} s")
+    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        pytest.fail(f"zero resume workers failed {failed}:\n" + "\n".join(log[-4000:] for log in logs))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
+    out = tmp_path_factory.mktemp("zero_resume")
+    runs = [{"tag": f"zero{s}", "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s)}} for s in STAGES]
+    runs += [{"tag": f"zero{s}_bf16", "uninterrupted": True,
+              "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s), "mixed_precision": "bf16"}}
+             for s in STAGES if s > 0]
+    launch(runs, out)
+    tags = [run["tag"] for run in runs]
+    return {tag: [torch.load(out / f"{tag}_rank{r}.pt") for r in range(WORLD)] for tag in tags}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, Any]:
+    return single_process_reference()
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_zero_resume_equals_no_stop(stage: int, results, reference) -> None:
+    ranks = results[f"zero{stage}"]
+    assert ranks[0]["files"] == FILES[stage]
+    for step, ref_row in enumerate(reference["rows"]):
+        for key in DIAGNOSTICS:
+            values = [rk["rows"][step][key] for rk in ranks]
+            assert all(v == values[0] for v in values), f"zero{stage} step {step}: {key} differs by rank"
+            assert values[0] == pytest.approx(ref_row[key], rel=1e-5, abs=1e-7), f"zero{stage} step {step}: {key}"
+    for r, rk in enumerate(ranks):
+        assert rk["params"].keys() == reference["params"].keys()
+        for n, ref_p in reference["params"].items():
+            torch.testing.assert_close(rk["params"][n], ref_p, rtol=1e-5, atol=1e-6, msg=f"zero{stage} rank {r}: {n}")
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_other_stage_checkpoint_is_refused(stage: int, results) -> None:
+    for rk in results[f"zero{stage}"]:
+        assert rk["refused"] is not None and rk["refused"].startswith("resume:"), rk["refused"]
+        assert f"zero_stage={stage - 1}" in rk["refused"]
+
+
+@pytest.mark.parametrize("stage", STAGES[1:])
+def test_zero_bf16_resume_equals_no_stop(stage: int, results) -> None:
+    for r, rk in enumerate(results[f"zero{stage}_bf16"]):
+        for n, want in rk["uninterrupted"].items():
+            torch.testing.assert_close(rk["params"][n], want, rtol=0, atol=0, msg=f"zero{stage}/bf16 rank {r}: {n}")

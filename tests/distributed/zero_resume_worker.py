@@ -1,0 +1,97 @@
+"""One rank of `test_zero_resume.py`: `python zero_resume_worker.py RUNS_JSON OUT_DIR` (torchrun's environment).
+
+RUNS_JSON is a list of `{"tag": str, "kwargs": {...}, "uninterrupted": bool}` (DeepSpeedBackend kwargs). For
+each run (after 3 steps without a stop when `uninterrupted`, for runs with no single-process ground truth):
+2 BLUR-NPO steps, a checkpoint, a *fresh* backend and unlearner whose weights are scrambled (+1.0 on every
+parameter, so a load that does nothing cannot pass), the load, step 3. Saves the steps' diagnostics, the full
+parameters and whether a mismatched load (the previous run's checkpoint, another ZeRO stage) was refused, to
+OUT_DIR/<tag>_rank<r>.pt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from dist_harness import BATCH, batches, unlearner
+from torch import Tensor, nn
+
+from unlearn.errors import ConfigError
+from unlearn.train.backend import BACKENDS
+from unlearn.train.backends.zero import DeepSpeedBackend
+
+RESUME_AFTER = 2
+MICRO = 2
+
+
+def full_parameters(backend: DeepSpeedBackend, model: nn.Module) -> dict[str, Tensor]:
+    module = model.module
+    if backend.engine.zero_optimization_partition_weights():
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            return {n: p.detach().float().clone() for n, p in module.named_parameters()}
+    return {n: p.detach().float().clone() for n, p in module.named_parameters()}
+
+
+def scramble(backend: DeepSpeedBackend, model: nn.Module) -> None:
+    """+1.0 on every working parameter (ZeRO-3: on the partitions, through a gather with rank 0 as modifier)."""
+    params = list(model.module.parameters())
+    with torch.no_grad():
+        if backend.engine.zero_optimization_partition_weights():
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+                for p in params:
+                    p.add_(1.0)
+        else:
+            for p in params:
+                p.add_(1.0)
+
+
+def main() -> None:
+    runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
+    torch.set_num_threads(1)
+    previous: Path | None = None
+    try:
+        for run in runs:
+            print(f"[zero_resume_worker] run {run['tag']}", flush=True)
+            straight = None
+            if run.get("uninterrupted"):
+                w = unlearner(BACKENDS.build("deepspeed", **run["kwargs"]), micro_batch_size=MICRO, batch=BATCH)
+                for f, r in batches(BATCH):
+                    w.step(f, r)
+                straight = full_parameters(w.backend, w.model)
+            u = unlearner(BACKENDS.build("deepspeed", **run["kwargs"]), micro_batch_size=MICRO, batch=BATCH)
+            all_batches = batches(BATCH)
+            rows = [u.step(f, r) for f, r in all_batches[:RESUME_AFTER]]
+            root = out_dir / f"{run['tag']}_checkpoints"
+            saved = u.backend.save_checkpoint(root, RESUME_AFTER, {"scheduler": None})
+            fresh = unlearner(BACKENDS.build("deepspeed", **run["kwargs"]), micro_batch_size=MICRO, batch=BATCH)
+            scramble(fresh.backend, fresh.model)
+            refused = None
+            if previous is not None:  # another stage's checkpoint must be refused, naming `resume`
+                try:
+                    fresh.backend.load_checkpoint(previous)
+                except ConfigError as err:
+                    refused = str(err)
+            state = fresh.backend.load_checkpoint(saved)
+            assert state["step"] == RESUME_AFTER and state["scheduler"] is None, state
+            rows += [fresh.step(f, r) for f, r in all_batches[RESUME_AFTER:]]
+            params = full_parameters(fresh.backend, fresh.model)
+            files = sorted(p.name for p in saved.iterdir())
+            torch.save({"rows": rows, "params": params, "refused": refused, "files": files,
+                        "uninterrupted": straight},
+                       out_dir / f"{run['tag']}_rank{fresh.backend.rank}.pt")
+            if not run.get("uninterrupted"):
+                previous = saved
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
