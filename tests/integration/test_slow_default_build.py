@@ -1,0 +1,29 @@
+"""Slow check (`make test-slow`): the default tofu_mini models build within budget and memorise their data."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import CONFIG_DIR
+from unlearn.config import to_container
+from unlearn.data.benchmarks import prepare_benchmark
+
+
+@pytest.mark.slow
+def test_default_tofu_mini_builds_in_budget(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = to_container(compose("config"))
+    t0 = time.perf_counter()
+    prepared = prepare_benchmark(cfg["benchmark"], cfg["model"], tmp_path, log=lambda _m: None)
+    seconds = time.perf_counter() - t0
+    assert seconds < 360, f"default build took {seconds:.0f} s (budget 6 min on 2 cores)"
+    target = json.loads((Path(prepared.target_path) / "build_info.json").read_text())
+    retain = json.loads((Path(prepared.retain_path) / "build_info.json").read_text())
+    assert target["exact_match"] >= 0.95 and retain["exact_match"] >= 0.95, (target, retain)
+    assert len(prepared.data.forget) == 100  # forget10 of 100 authors x 10 QA
