@@ -10,6 +10,7 @@ import copy
 import os
 import socket
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -103,3 +104,35 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
         "CUDA_VISIBLE_DEVICES": "",
     })
     return env
+
+
+def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, world: int = 2,
+           timeout_s: float = 300.0) -> None:
+    """Start `world` workers with torchrun's environment on a fresh port; fail (not hang) if any misbehaves."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import pytest
+
+    port = free_port()
+    procs = [
+        subprocess.Popen([sys.executable, str(worker), json.dumps(run_list), str(out)],
+                         env=worker_env(rank, world, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+        for rank in range(world)
+    ]
+    deadline = time.monotonic() + timeout_s
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+            p.communicate()
+        pytest.fail(f"{group} workers did not finish within {timeout_s} s")
+    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
+    if failed:
+        pytest.fail(f"{group} workers failed {failed}:\n" + "\n".join(log[-4000:] for log in logs))

@@ -15,16 +15,13 @@ mixed-precision runs must agree across ranks exactly and with fp32 to within hal
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from dist_harness import BATCH, DIAGNOSTICS, free_port, single_process_reference, worker_env
+from dist_harness import BATCH, DIAGNOSTICS, launch, single_process_reference
 
 pytestmark = pytest.mark.distributed
 
@@ -74,30 +71,6 @@ def runs(backend: str) -> list[dict[str, Any]]:
     return out
 
 
-def launch(group: str, run_list: list[dict[str, Any]], out: Path) -> None:
-    """Start WORLD workers with torchrun's environment on a fresh port; fail (not hang) if any misbehaves."""
-    port = free_port()
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), json.dumps(run_list), str(out)],
-                         env=worker_env(rank, WORLD, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + TIMEOUT_S
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-            p.communicate()
-        pytest.fail(f"{group} workers did not finish within {TIMEOUT_S} s")
-    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        pytest.fail(f"{group} workers failed {failed}:\n" + "\n".join(log[-4000:] for log in logs))
-
-
 @pytest.fixture(scope="module")
 def references() -> dict[int, dict[str, Any]]:
     """Single-process ground truth by global batch size."""
@@ -113,7 +86,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], li
         group = next(g for g, members in GROUPS.items() if backend in members)
         if group not in launched:
             out = tmp_path_factory.mktemp(group)
-            launch(group, [run for member in GROUPS[group] for run in runs(member)], out)
+            launch(WORKER, group, [run for member in GROUPS[group] for run in runs(member)], out, WORLD, TIMEOUT_S)
             launched[group] = out
         return [torch.load(launched[group] / f"{backend}_{tag}_rank{r}.pt") for r in range(WORLD)]
 

@@ -10,15 +10,12 @@ the same run without a stop ends.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from dist_harness import DIAGNOSTICS, free_port, single_process_reference, worker_env
+from dist_harness import DIAGNOSTICS, launch, single_process_reference
 
 pytestmark = pytest.mark.distributed
 
@@ -40,29 +37,6 @@ def zero_config(stage: int) -> dict[str, Any]:
     return cfg
 
 
-def launch(run_list: list[dict[str, Any]], out: Path) -> None:
-    port = free_port()
-    procs = [
-        subprocess.Popen([sys.executable, str(WORKER), json.dumps(run_list), str(out)],
-                         env=worker_env(rank, WORLD, port), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
-        for rank in range(WORLD)
-    ]
-    deadline = time.monotonic() + TIMEOUT_S
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
-    except subprocess.TimeoutExpired:
-        for p in procs:
-            p.kill()
-            p.communicate()
-        pytest.fail(f"zero resume workers did not finish within {TIMEOUT_S} s")
-    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        pytest.fail(f"zero resume workers failed {failed}:\n" + "\n".join(log[-4000:] for log in logs))
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("zero_resume")
@@ -70,7 +44,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str
     runs += [{"tag": f"zero{s}_bf16", "uninterrupted": True,
               "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s), "mixed_precision": "bf16"}}
              for s in STAGES if s > 0]
-    launch(runs, out)
+    launch(WORKER, "zero resume", runs, out, WORLD, TIMEOUT_S)
     tags = [run["tag"] for run in runs]
     return {tag: [torch.load(out / f"{tag}_rank{r}.pt") for r in range(WORLD)] for tag in tags}
 
