@@ -6,8 +6,10 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.distributed.dist_harness import collate, examples
+from tests.distributed.dist_harness import tiny_model as harness_tiny_model
 from unlearn.directions import GradSpace, build_direction
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.train.backend import Backend
@@ -15,30 +17,8 @@ from unlearn.train.loop import LoopConfig, Unlearner
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
-    return LlamaForCausalLM(cfg).double()
-
-
-def examples(n: int, seed: int) -> list[dict[str, list[int]]]:
-    """Fixed-length examples (prompt of 3 tokens, answer of 3-5 tokens, right-padded to 8)."""
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        n_ans = int(torch.randint(3, 6, (1,), generator=g))
-        ids = torch.randint(1, 32, (3 + n_ans,), generator=g).tolist()
-        pad = 8 - len(ids)
-        out.append({
-            "input_ids": ids + [0] * pad,
-            "labels": [-100] * 3 + ids[3:] + [-100] * pad,
-            "attention_mask": [1] * len(ids) + [0] * pad,
-        })
-    return out
-
-
-def collate(batch):
-    return {k: torch.tensor([ex[k] for ex in batch]) for k in batch[0]}
+    """The distributed tests' tiny Llama, in float64 so accumulation can be compared to 1e-9."""
+    return harness_tiny_model(seed).double()
 
 
 def make(direction: dict, micro: int | None, optimizer: str = "sgd", clip: float = 0.0, model=None):
