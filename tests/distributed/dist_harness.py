@@ -135,4 +135,27 @@ def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, 
         pytest.fail(f"{group} workers did not finish within {timeout_s} s")
     failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
     if failed:
-        pytest.fail(f"{group} workers failed {failed}:\n" + "\n".join(log[-4000:] for log in logs))
+        started = ["\n".join(line for line in log.splitlines() if line.startswith("[")) for log in logs]
+        results = sorted(p.name for p in out.glob("*.pt"))
+        pytest.fail(f"{group} workers failed {failed}; results written: {results}\n"
+                    + "\n".join(f"rank {r} started:\n{s}" for r, s in enumerate(started))
+                    + "\n" + "\n".join(log[-4000:] for log in logs))
+
+
+def finish_worker() -> None:
+    """End a worker that has saved every result: destroy the process group, flush, and exit at once.
+
+    Skipping interpreter teardown matters: DeepSpeed engines and gloo process groups still referenced from Python
+    objects are otherwise destroyed during shutdown, and a gloo thread destroyed while joinable aborts the process
+    ("terminate called without an active exception", exit -6) after the work is done. Only called on success, so
+    any failure still surfaces through the exception and a non-zero exit.
+    """
+    import sys
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

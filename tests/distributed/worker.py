@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from dist_harness import batches, run_steps, unlearner
+from dist_harness import batches, finish_worker, run_steps, unlearner
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
@@ -70,9 +70,11 @@ def main() -> None:
                 rows = run_steps(u)
             params = full_parameters(backend, u.model)
             torch.save({"rows": rows, "params": params}, out_dir / f"{run['tag']}_rank{backend.rank}.pt")
-    finally:
+    except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    finish_worker()  # every result is saved: exit without interpreter teardown (see its docstring)
 
 
 if __name__ == "__main__":

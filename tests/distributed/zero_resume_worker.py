@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from dist_harness import BATCH, batches, unlearner
+from dist_harness import BATCH, batches, finish_worker, unlearner
 from torch import Tensor, nn
 
 from unlearn.errors import ConfigError
@@ -88,9 +88,11 @@ def main() -> None:
                        out_dir / f"{run['tag']}_rank{fresh.backend.rank}.pt")
             if not run.get("uninterrupted"):
                 previous = saved
-    finally:
+    except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()
+        raise
+    finish_worker()  # every result is saved: exit without interpreter teardown (see its docstring)
 
 
 if __name__ == "__main__":
