@@ -448,17 +448,21 @@ def loop_overhead(model: nn.Module, spec: ModelSpec, batches: Batches, device: s
     """Median seconds of the loop's own per-step work, each piece timed alone on this model's gradient shapes.
 
     Explains `loop_throughput_fraction`: what GradDiff's step does beyond the bare loop's forward/backward and
-    optimizer step is collating two batches, swapping gradient buffers, the Gram matrix (3 float64 inner
-    products over all gradients) and writing `u` into the buffers.
+    optimizer step is collating two batches, zeroing and swapping gradient buffers, the Gram matrix (3 inner
+    products over all gradients, blocked float32/float64 accumulation) and writing `u` into the buffers.
     """
     from unlearn.directions import GradSpace, build_direction
     from unlearn.directions.base import apply_direction
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    g_f = [torch.randn_like(p) for p in params]
-    g_r = [torch.randn_like(p) for p in params]
     backend = Backend(device)
     backend.setup(model, lambda ps: torch.optim.SGD(ps, lr=0.0))
+    # The gradients as the loop sees them: the backend's own buffers (contiguous), filled with noise.
+    for g in backend.grads():
+        g.normal_()
+    g_f = backend.take_grads()
+    for g in backend.grads():
+        g.normal_()
+    g_r = backend.grads()
     space, rule = GradSpace(), build_direction({"name": "weighted", "lam": 1.0})
     direction = rule.direction(g_f, g_r, space)
     forget, retain = batches.pair(0)
@@ -473,13 +477,14 @@ def loop_overhead(model: nn.Module, spec: ModelSpec, batches: Batches, device: s
             out.append(time.perf_counter() - t0)
         return statistics.median(out)
 
-    return {
+    out = {
         "collate_both_batches": timed(lambda: [{k: v.to(device) for k, v in collate(b).items()}
                                                for b in (forget, retain)]),
-        "zero_and_take_grads": timed(lambda: (backend.zero_grads(), backend.take_grads())),
         "gram": timed(lambda: space.gram(g_f, g_r)),
         "apply_direction": timed(lambda: apply_direction(direction, g_f, g_r)),
     }
+    out["zero_and_take_grads"] = timed(lambda: (backend.zero_grads(), backend.take_grads()))  # zeroes g_f, g_r
+    return out
 
 
 def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

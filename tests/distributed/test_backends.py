@@ -116,6 +116,8 @@ def test_two_ranks_match_one_process(backend: str, tag: str, results, references
             got = ranks[0]["rows"][step][key]
             assert got == pytest.approx(ref_row[key], rel=1e-5, abs=1e-7), f"{what} step {step}: {key}"
     for r, rk in enumerate(ranks):
+        if backend == "ddp":  # DDP copies into our contiguous buffers' views instead of replacing them
+            assert rk["flat_grad_views_intact"] is True, f"{what} rank {r}"
         assert rk["params"].keys() == reference["params"].keys()
         for n, ref_p in reference["params"].items():
             assert rel_error(rk["params"][n], ref_p) < 1e-5, f"{what} rank {r}: {n}"

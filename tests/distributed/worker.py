@@ -19,6 +19,7 @@ from dist_harness import batches, finish_worker, run_steps, unlearner
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
+from unlearn.train.grad_buffers import FlatGradBuffers
 
 
 def full_parameters(backend: Backend, model: nn.Module) -> dict[str, Tensor]:
@@ -69,7 +70,10 @@ def main() -> None:
             else:
                 rows = run_steps(u)
             params = full_parameters(backend, u.model)
-            torch.save({"rows": rows, "params": params}, out_dir / f"{run['tag']}_rank{backend.rank}.pt")
+            buffers = getattr(backend, "_buffers", None)
+            views = buffers.views_intact() if isinstance(buffers, FlatGradBuffers) else None
+            torch.save({"rows": rows, "params": params, "flat_grad_views_intact": views},
+                       out_dir / f"{run['tag']}_rank{backend.rank}.pt")
     except BaseException:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -127,3 +127,12 @@ def test_resume_after_a_stop_equals_no_stop(tmp_path) -> None:
     for a, b in zip(rows_resumed, rows_straight[3:], strict=True):
         assert a["lr"] == pytest.approx(b["lr"]) and a["loss_f"] == pytest.approx(b["loss_f"], rel=1e-10)
     assert (tmp_path / "step-00000006" / "model.safetensors").exists()
+
+
+def test_single_process_steps_keep_gradients_in_the_flat_buffers() -> None:
+    """Autograd and the optimizer leave every `.grad` a view into the backend's contiguous buffers."""
+    u = make({"name": "blur", "gamma": 1.0}, micro=2, optimizer="adamw")
+    for k in range(2):
+        u.step(examples(8, 2 * k), examples(8, 2 * k + 1))
+    assert u.backend._buffers is not None and u.backend._buffers.views_intact()
+    assert len(u.backend.grads()) == 1  # one float64 group: the loop sees one tensor, not one per parameter

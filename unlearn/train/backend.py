@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from unlearn.directions.gradspace import GradSpace
 from unlearn.registry import Registry
 from unlearn.train.checkpoint import load_checkpoint, save_checkpoint
+from unlearn.train.grad_buffers import FlatGradBuffers, GradBuffers
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
@@ -25,8 +26,10 @@ OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 class Backend:
     """Single-process backend; the base for distributed ones.
 
-    Gradient buffers are double-buffered: `take_grads` hands the loop the accumulated forget gradients and
-    installs the spare, zeroed set, so the retain pass accumulates into fresh buffers without a copy.
+    Gradient buffers are double-buffered (`unlearn.train.grad_buffers`): `take_grads` hands the loop the
+    accumulated forget gradients and installs the spare, zeroed set, so the retain pass accumulates into fresh
+    buffers without a copy. Replicated backends keep each set contiguous (`.grad`s are views into it), so the
+    loop's per-step work on gradients is a few large kernels.
     """
 
     rank: int = 0
@@ -38,7 +41,7 @@ class Backend:
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
-        self._spare: list[Tensor] = []
+        self._buffers: GradBuffers | None = None
 
     # -- setup -------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
@@ -63,27 +66,28 @@ class Backend:
     def backward(self, loss: Tensor) -> None:
         loss.backward()
 
+    def _make_buffers(self, params: list[nn.Parameter]) -> GradBuffers:
+        """The gradient layout: contiguous sets by default; backends with sharded DTensor grads override."""
+        return FlatGradBuffers(params)
+
+    def _grad_buffers(self) -> GradBuffers:
+        if self._buffers is None:
+            if not self._params:
+                raise RuntimeError("Backend.setup() must run before gradients are used")
+            self._buffers = self._make_buffers(self._params)
+        return self._buffers
+
     def grads(self) -> list[Tensor]:
-        """The accumulated gradient buffers, one per trainable parameter (allocated as zeros if untouched)."""
-        for p in self._params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [p.grad for p in self._params]  # type: ignore[misc]
+        """The accumulated gradients: tensors that together hold every trainable gradient entry of this rank
+        exactly once (flat buffers here; per-parameter shards or flat partitions in sharded backends)."""
+        return self._grad_buffers().current()
 
     def zero_grads(self) -> None:
-        torch._foreach_zero_(self.grads())
+        self._grad_buffers().zero()
 
     def take_grads(self) -> list[Tensor]:
         """Return the accumulated gradients and install a zeroed spare set in their place."""
-        current = self.grads()
-        if not self._spare:
-            self._spare = [torch.zeros_like(g) for g in current]
-        else:
-            torch._foreach_zero_(self._spare)
-        for p, buf in zip(self._params, self._spare, strict=True):
-            p.grad = buf
-        self._spare = current
-        return current
+        return self._grad_buffers().take()
 
     # -- step --------------------------------------------------------------------------------------------
     def step(self) -> None:

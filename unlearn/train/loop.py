@@ -3,7 +3,7 @@
 One optimizer step:
   1. forget pass: backward of the forget loss over every micro-batch of the step -> g_f (summed);
   2. retain pass: the same for the retain loss -> g_r;
-  3. the direction rule combines them (inner products global and in float64, via the backend's GradSpace);
+  3. the direction rule combines them (inner products global, float64-accumulated, via the backend's GradSpace);
   4. clipping, if enabled, acts on the combined direction u;
   5. u is written into the gradient buffers and the optimizer steps.
 The loop names no loss and no rule: it sees `Objective`s, a `DirectionRule` and a `Backend`.

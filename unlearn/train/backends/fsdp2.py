@@ -9,12 +9,11 @@ disjoint and cover every entry exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -22,11 +21,7 @@ from unlearn.directions.gradspace import GradSpace
 from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-
-
-def local(ts: Sequence[Tensor]) -> list[Tensor]:
-    """This rank's shards of DTensors (plain tensors pass through); writes to them write the DTensor."""
-    return [t.to_local() if hasattr(t, "to_local") else t for t in ts]
+from unlearn.train.grad_buffers import GradBuffers, ParamGradBuffers
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -107,17 +102,6 @@ class FSDP2Backend(DistributedBackend):
         ref_model = self._prepare(ref_model.requires_grad_(False))
         return self._shard(ref_model, reshard_after_forward=True).eval()
 
-    # DTensor gradients: zero and swap them through their local shards, which is all this rank owns.
-    def zero_grads(self) -> None:
-        torch._foreach_zero_(local(self.grads()))
-
-    def take_grads(self) -> list[Tensor]:
-        current = self.grads()
-        if not self._spare:
-            self._spare = [torch.zeros_like(g) for g in current]
-        else:
-            torch._foreach_zero_(local(self._spare))
-        for p, buf in zip(self._params, self._spare, strict=True):
-            p.grad = buf
-        self._spare = current
-        return current
+    def _make_buffers(self, params: list[nn.Parameter]) -> GradBuffers:
+        """DTensor gradients: one buffer per parameter, zeroed through its local shard (all this rank owns)."""
+        return ParamGradBuffers(params)

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unlearn.train.grad_buffers import ParamGradBuffers
+
 
 class GradPieces:
     """This rank's pieces of the gradient held by one DeepSpeed optimizer.
@@ -62,38 +64,25 @@ def _loss_scale(optimizer: Any) -> float:
 class ReplicatedGrads(GradPieces):
     """ZeRO stage 0 in fp32: the engine all-reduces `param.grad` in full at the boundary, like DDP.
 
-    The forget gradients are handed over by swapping in a spare set of buffers (no copy), as in the
-    single-process backend.
+    The forget gradients are handed over by swapping in a spare set of per-parameter buffers (no copy). They
+    are not made views of one flat buffer as in the single-process backend: the engine's own gradient
+    bookkeeping at stage 0 is left exactly as DeepSpeed expects it.
     """
 
     sharded = False
 
     def __init__(self, params: list[nn.Parameter]) -> None:
         self.params = params
-        self._spare: list[Tensor] = []
-
-    def _grads(self) -> list[Tensor]:
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return [p.grad for p in self.params]  # type: ignore[misc]
+        self._buffers = ParamGradBuffers(params)
 
     def clear(self) -> None:
-        torch._foreach_zero_(self._grads())
+        self._buffers.zero()
 
     def current(self) -> list[Tensor]:
-        return self._grads()
+        return self._buffers.current()
 
     def take(self) -> list[Tensor]:
-        current = self._grads()
-        if not self._spare:
-            self._spare = [torch.zeros_like(g) for g in current]
-        else:
-            torch._foreach_zero_(self._spare)
-        for p, buf in zip(self.params, self._spare, strict=True):
-            p.grad = buf
-        self._spare = current
-        return current
+        return self._buffers.take()
 
     def install(self, pieces: list[Tensor]) -> None:
         """Nothing to do: the pieces are the `param.grad` tensors the optimizer reads."""
