@@ -70,10 +70,6 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     backend_name = trainer.pop("backend")
     BACKENDS.get(backend_name)
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
-    if (loop_kwargs.get("checkpoint_every") and backend_name == "deepspeed"
-            and trainer.get("mixed_precision") == "fp16"):
-        raise ConfigError("trainer.checkpoint_every: DeepSpeed checkpoints do not save the fp16 loss-scaler state; "
-                          "use trainer.mixed_precision=bf16 (or none) with checkpoints")
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(
         cfg=cfg,

@@ -3,8 +3,10 @@
 One launch of 2 workers (gloo, CPU) runs, for each stage (0 too: the replicated, rank-0 format), in fp32:
 2 BLUR-NPO steps, a checkpoint, a fresh backend whose weights are scrambled, the load and step 3; the parameters
 must be the single-process 3-step ones on both ranks. Loading another stage's checkpoint must be refused with an
-error naming `resume`. In bf16 (ZeRO-1/2/3; no single-process ground truth) the resumed run must end exactly where
-the same run without a stop ends.
+error naming `resume`. In bf16 and fp16 (ZeRO-1/2/3; no single-process ground truth) the resumed run must end
+exactly where the same run without a stop ends. The fp16 runs start from a loss scale of 2^40, so the first steps
+overflow and are skipped while the scale shrinks: the resumed run must continue with the saved scale, overflow
+counters and hysteresis (a fresh scaler would restart at DeepSpeed's 2^16) to end with the same parameters.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ WORLD = 2
 WORKER = Path(__file__).with_name("zero_resume_worker.py")
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "deepspeed"
 TIMEOUT_S = 300
+FP16_START_SCALE = 2.0**40
 STAGES = (0, 1, 2, 3)  # 0: replicated, rank 0 writes the single-process format
 FILES = {
     0: ["model.safetensors", "optimizer.safetensors", "trainer_state.json"],
@@ -41,9 +44,9 @@ def zero_config(stage: int) -> dict[str, Any]:
 def results(tmp_path_factory: pytest.TempPathFactory) -> dict[int, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("zero_resume")
     runs = [{"tag": f"zero{s}", "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s)}} for s in STAGES]
-    runs += [{"tag": f"zero{s}_bf16", "uninterrupted": True,
-              "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s), "mixed_precision": "bf16"}}
-             for s in STAGES if s > 0]
+    runs += [{"tag": f"zero{s}_{mp}", "uninterrupted": True, "loss_scale": FP16_START_SCALE if mp == "fp16" else None,
+              "kwargs": {"zero_stage": s, "deepspeed_config": zero_config(s), "mixed_precision": mp}}
+             for s in STAGES if s > 0 for mp in ("bf16", "fp16")]
     launch(WORKER, "zero resume", runs, out, WORLD, TIMEOUT_S)
     tags = [run["tag"] for run in runs]
     return {tag: [torch.load(out / f"{tag}_rank{r}.pt") for r in range(WORLD)] for tag in tags}
@@ -76,8 +79,15 @@ def test_other_stage_checkpoint_is_refused(stage: int, results) -> None:
         assert f"zero_stage={stage - 1}" in rk["refused"]
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("stage", STAGES[1:])
-def test_zero_bf16_resume_equals_no_stop(stage: int, results) -> None:
-    for r, rk in enumerate(results[f"zero{stage}_bf16"]):
+def test_zero_mixed_precision_resume_equals_no_stop(stage: int, precision: str, results) -> None:
+    what = f"zero{stage}/{precision}"
+    for r, rk in enumerate(results[f"zero{stage}_{precision}"]):
         for n, want in rk["uninterrupted"].items():
-            torch.testing.assert_close(rk["params"][n], want, rtol=0, atol=0, msg=f"zero{stage}/bf16 rank {r}: {n}")
+            torch.testing.assert_close(rk["params"][n], want, rtol=0, atol=0, msg=f"{what} rank {r}: {n}")
+        if precision == "fp16":
+            straight, resumed = rk["uninterrupted_scaler"], rk["scaler"]
+            assert straight["skipped_steps"] >= 1, f"{what}: no overflow, the scaler state was never exercised"
+            assert straight["cur_scale"] < FP16_START_SCALE
+            assert resumed == straight, f"{what} rank {r}: loss scaler {resumed} != uninterrupted {straight}"

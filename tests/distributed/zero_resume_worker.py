@@ -1,11 +1,13 @@
 """One rank of `test_zero_resume.py`: `python zero_resume_worker.py RUNS_JSON OUT_DIR` (torchrun's environment).
 
-RUNS_JSON is a list of `{"tag": str, "kwargs": {...}, "uninterrupted": bool}` (DeepSpeedBackend kwargs). For
+RUNS_JSON is a list of `{"tag": str, "kwargs": {...}, "uninterrupted": bool, "loss_scale": float | null}`
+(DeepSpeedBackend kwargs; `loss_scale` overrides fp16's initial dynamic loss scale, so that the first steps
+overflow and the scaler has state worth saving; the resumed backend keeps DeepSpeed's default). For
 each run (after 3 steps without a stop when `uninterrupted`, for runs with no single-process ground truth):
 2 BLUR-NPO steps, a checkpoint, a *fresh* backend and unlearner whose weights are scrambled (+1.0 on every
 parameter, so a load that does nothing cannot pass), the load, step 3. Saves the steps' diagnostics, the full
-parameters and whether a mismatched load (the previous run's checkpoint, another ZeRO stage) was refused, to
-OUT_DIR/<tag>_rank<r>.pt.
+parameters, the fp16 loss scaler's state and skipped-step count, and whether a mismatched load (the previous
+run's checkpoint, another ZeRO stage) was refused, to OUT_DIR/<tag>_rank<r>.pt.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 from unlearn.errors import ConfigError
 from unlearn.train.backend import BACKENDS
 from unlearn.train.backends.zero import DeepSpeedBackend
+from unlearn.train.backends.zero_partitions import loss_scaler_state
 
 RESUME_AFTER = 2
 MICRO = 2
@@ -52,6 +55,18 @@ def scramble(backend: DeepSpeedBackend, model: nn.Module) -> None:
                 p.add_(1.0)
 
 
+def set_loss_scale(u, scale: float | None) -> None:
+    if scale is not None:
+        u.backend.engine.optimizer.loss_scaler.cur_scale = float(scale)
+
+
+def scaler_state(u) -> dict | None:
+    """The fp16 loss scaler's evolving state and the engine's skipped-step count (None without fp16)."""
+    if u.backend.mixed_precision != "fp16":
+        return None
+    return {**loss_scaler_state(u.backend.engine.optimizer), "skipped_steps": int(u.backend.engine.skipped_steps)}
+
+
 def main() -> None:
     runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
@@ -59,13 +74,15 @@ def main() -> None:
     try:
         for run in runs:
             print(f"[zero_resume_worker] run {run['tag']}", flush=True)
-            straight = None
+            straight = straight_scaler = None
             if run.get("uninterrupted"):
                 w = unlearner(BACKENDS.build("deepspeed", **run["kwargs"]), micro_batch_size=MICRO, batch=BATCH)
+                set_loss_scale(w, run.get("loss_scale"))
                 for f, r in batches(BATCH):
                     w.step(f, r)
-                straight = full_parameters(w.backend, w.model)
+                straight, straight_scaler = full_parameters(w.backend, w.model), scaler_state(w)
             u = unlearner(BACKENDS.build("deepspeed", **run["kwargs"]), micro_batch_size=MICRO, batch=BATCH)
+            set_loss_scale(u, run.get("loss_scale"))
             all_batches = batches(BATCH)
             rows = [u.step(f, r) for f, r in all_batches[:RESUME_AFTER]]
             root = out_dir / f"{run['tag']}_checkpoints"
@@ -84,7 +101,8 @@ def main() -> None:
             params = full_parameters(fresh.backend, fresh.model)
             files = sorted(p.name for p in saved.iterdir())
             torch.save({"rows": rows, "params": params, "refused": refused, "files": files,
-                        "uninterrupted": straight},
+                        "uninterrupted": straight, "scaler": scaler_state(fresh),
+                        "uninterrupted_scaler": straight_scaler},
                        out_dir / f"{run['tag']}_rank{fresh.backend.rank}.pt")
             if not run.get("uninterrupted"):
                 previous = saved

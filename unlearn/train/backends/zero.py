@@ -34,7 +34,13 @@ from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
 from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
-from unlearn.train.backends.zero_partitions import GradPieces, grad_pieces, master_state
+from unlearn.train.backends.zero_partitions import (
+    GradPieces,
+    grad_pieces,
+    loss_scaler_state,
+    master_state,
+    restore_loss_scaler,
+)
 from unlearn.train.checkpoint import STATE_FILE, optimizer_from_tensors, optimizer_to_tensors, step_dir
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -297,7 +303,6 @@ class DeepSpeedBackend(DistributedBackend):
         from safetensors.torch import save_file
 
         engine, _ = self._require_engine()
-        self._check_checkpointable()
         masters = master_state(engine)
         final = step_dir(root, step)
         tmp = root / f".tmp-{final.name}-zero"
@@ -325,7 +330,9 @@ class DeepSpeedBackend(DistributedBackend):
                 "optimizer": {"param_groups": opt_meta["param_groups"]},
                 "deepspeed": {"global_steps": int(engine.global_steps),
                               "global_samples": int(engine.global_samples),
-                              "skipped_steps": int(engine.skipped_steps)},
+                              "skipped_steps": int(engine.skipped_steps),
+                              "loss_scaler": (loss_scaler_state(engine.optimizer)
+                                              if self.mixed_precision == "fp16" else None)},
                 "torch_rng": [r.cpu().tolist() for r in rngs],
                 **extra,
             }
@@ -362,7 +369,6 @@ class DeepSpeedBackend(DistributedBackend):
             )
         if self.zero_stage == 0:
             return super().load_checkpoint(directory)
-        self._check_checkpointable()
         if state.get("mixed_precision") != self.mixed_precision:
             raise ConfigError(f"resume: {directory} was written with mixed_precision="
                               f"{state.get('mixed_precision')!r}, this run has {self.mixed_precision!r}")
@@ -394,15 +400,10 @@ class DeepSpeedBackend(DistributedBackend):
         engine.global_steps = counters.get("global_steps", engine.global_steps)
         engine.global_samples = counters.get("global_samples", engine.global_samples)
         engine.skipped_steps = counters.get("skipped_steps", engine.skipped_steps)
+        if self.mixed_precision == "fp16":  # else the scale restarts at 2^16 and re-learns its overflows
+            if not counters.get("loss_scaler"):
+                raise ConfigError(f"resume: {state_path} has no fp16 loss-scaler state")
+            restore_loss_scaler(engine.optimizer, counters["loss_scaler"])
         torch.set_rng_state(torch.tensor(state["torch_rng"][self.rank], dtype=torch.uint8))
         self.barrier()
         return state
-
-    def _check_checkpointable(self) -> None:
-        # fp16's dynamic loss scaler (scale, hysteresis, overflow counters) is not saved, so a resumed fp16 run
-        # would not continue the one that stopped.
-        if self.mixed_precision == "fp16":
-            raise NotImplementedError(
-                "trainer.checkpoint_every / resume: deepspeed checkpoints are implemented for fp32 and bf16, not "
-                "fp16 (the dynamic loss scale is not saved); set trainer.checkpoint_every=0"
-            )

@@ -305,6 +305,31 @@ class Stage3Masters(MasterState):
         self.opt.checkpoint_event_epilogue()
 
 
+# What a dynamic fp16 loss scaler learns while training; the rest of its attributes (scale factor, window,
+# minimum, delayed shift) come from the config. cur_iter and last_overflow_iter decide when the scale next grows,
+# cur_hysteresis how many more overflows it tolerates before it shrinks.
+_SCALER_STATE = ("cur_scale", "cur_iter", "last_overflow_iter", "cur_hysteresis")
+
+
+def loss_scaler_state(optimizer: Any) -> dict[str, float | int]:
+    """The evolving state of a DeepSpeed ZeRO optimizer's fp16 loss scaler (identical on every rank: overflow
+    is all-reduced before the scaler sees it)."""
+    scaler = getattr(optimizer, "loss_scaler", None)
+    if scaler is None:
+        raise NotImplementedError(f"{type(optimizer).__name__} has no loss_scaler to checkpoint")
+    return {k: getattr(scaler, k) for k in _SCALER_STATE if hasattr(scaler, k)}
+
+
+def restore_loss_scaler(optimizer: Any, state: dict[str, float | int]) -> None:
+    scaler = getattr(optimizer, "loss_scaler", None)
+    if scaler is None:
+        raise NotImplementedError(f"{type(optimizer).__name__} has no loss_scaler to restore")
+    for key, value in state.items():
+        if key not in _SCALER_STATE:
+            raise ValueError(f"unknown loss-scaler field {key!r}")
+        setattr(scaler, key, value)
+
+
 def master_state(engine: Any) -> MasterState:
     """The checkpoint accessor for `engine.optimizer` (ZeRO-1/2/3 without offload); others are refused."""
     from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
