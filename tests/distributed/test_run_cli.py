@@ -1,4 +1,6 @@
-"""The real CLI under torchrun: `torchrun --nproc_per_node=2 -m unlearn.run trainer=<backend> ...`.
+"""The real CLI under torchrun (`torchrun --nproc_per_node=2 -m unlearn.run trainer=<backend> ...`) and under the
+`deepspeed` launcher (`deepspeed --num_gpus 2 --no_local_rank --module unlearn.run trainer=zero2 ...`, which on
+a machine without GPUs starts 2 CPU processes).
 
 Two processes on CPU (gloo) unlearn the micro world and must take the same steps as one process: the per-step
 diagnostics match, only rank 0 writes the run directory, and the unlearned model is evaluated from the full
@@ -38,14 +40,22 @@ def single_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return cache, run_dir
 
 
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"]
+DEEPSPEED = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus=2", "--no_local_rank"]
+
+
 @pytest.mark.distributed
-@pytest.mark.parametrize("trainer", ["ddp", "fsdp2", "zero2"])
-def test_two_process_cli_run_matches_single_process(trainer: str, single_run: tuple[Path, Path],
+@pytest.mark.parametrize(("launcher", "trainer"),
+                         [("torchrun", "ddp"), ("torchrun", "fsdp2"), ("torchrun", "zero2"), ("deepspeed", "zero3")])
+def test_two_process_cli_run_matches_single_process(launcher: str, trainer: str, single_run: tuple[Path, Path],
                                                     tmp_path: Path) -> None:
     cache, single_dir = single_run
     run_dir = tmp_path / trainer
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-          "-m", "unlearn.run", *COMMON, f"trainer={trainer}", f"hydra.run.dir={run_dir}"], cache)
+    if launcher == "torchrun":
+        start = [*TORCHRUN, f"--master_port={free_port()}", "-m", "unlearn.run"]
+    else:
+        start = [*DEEPSPEED, f"--master_port={free_port()}", "--module", "unlearn.run"]
+    _run([*start, *COMMON, f"trainer={trainer}", f"hydra.run.dir={run_dir}"], cache)
     one = pd.read_csv(single_dir / "diagnostics.csv")
     two = pd.read_csv(run_dir / "diagnostics.csv")
     assert len(two) == 3
