@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning slowed small-model training 5-10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-slow test-distributed lint demo table bench reproduce-tables clean-outputs
+.PHONY: setup test test-slow test-distributed lint demo table bench clean-outputs
 
 # torch first, by exact version (a CPU wheel; letting pip resolve it pulls a multi-GB CUDA build), then
 # DeepSpeed without build isolation (its build imports torch), then the package with every extra.
