@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from dist_harness import BATCH, DIAGNOSTICS, launch, single_process_reference
+from dist_harness import BATCH, DIAGNOSTICS, launch, single_process_reference, tiny_model
 
 pytestmark = pytest.mark.distributed
 
@@ -122,6 +122,31 @@ def test_two_ranks_match_one_process(backend: str, tag: str, results, references
         for n, ref_p in reference["params"].items():
             assert rel_error(rk["params"][n], ref_p) < 1e-5, f"{what} rank {r}: {n}"
             torch.testing.assert_close(rk["params"][n], ref_p, rtol=1e-5, atol=1e-6, msg=f"{what} rank {r}: {n}")
+
+
+# Backends that hand GradSpace only this rank's part of the gradient / hold only part of the reference model.
+SHARDED_GRADS = {"fsdp2", "zero1", "zero2", "zero3"}
+SHARDED_REFERENCE = {"fsdp2", "zero3"}
+
+
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_sharded_backends_never_hand_a_full_gradient_to_the_inner_products(backend: str, results) -> None:
+    """Under FSDP2 and ZeRO-1/2/3 every Gram call sees about 1/world of the entries on each rank (padding aside),
+    never the full gradient; DDP and ZeRO-0 are replicated by design. FSDP2 and ZeRO-3 shard the reference model
+    the same way."""
+    full = sum(p.numel() for p in tiny_model().parameters())
+    for r, rk in enumerate(results(backend, "batch")):
+        seen, ref = rk["gram_numel"], rk["ref_local_numel"]
+        assert len(seen) == len(rk["rows"]), f"{backend} rank {r}: one Gram call per step"
+        if backend in SHARDED_GRADS:
+            assert max(seen) <= 0.6 * full, f"{backend} rank {r}: Gram saw {max(seen)} of {full} entries"
+            assert min(seen) > 0
+        else:
+            assert seen == [full] * len(seen), f"{backend} rank {r}: {seen} vs {full}"
+        if backend in SHARDED_REFERENCE:
+            assert 0 < ref <= 0.6 * full, f"{backend} rank {r}: reference holds {ref} of {full} entries"
+        else:
+            assert ref == full, f"{backend} rank {r}"
 
 
 @pytest.mark.parametrize(("backend", "precision"), MIXED)

@@ -19,7 +19,7 @@ from dist_harness import batches, finish_worker, run_steps, unlearner
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
-from unlearn.train.grad_buffers import FlatGradBuffers
+from unlearn.train.grad_buffers import FlatGradBuffers, local
 
 
 def full_parameters(backend: Backend, model: nn.Module) -> dict[str, Tensor]:
@@ -36,6 +36,34 @@ def full_parameters(backend: Backend, model: nn.Module) -> dict[str, Tensor]:
         t = p.full_tensor() if hasattr(p, "full_tensor") else p
         out[n] = t.detach().float().clone()
     return out
+
+
+def record_gram_inputs(backend: Backend) -> list[int]:
+    """Wrap this backend's GradSpace so that every Gram call records how many gradient entries it was handed on
+    this rank (a DTensor counts its local shard): the proof that no rank gathers a full gradient for it."""
+    seen: list[int] = []
+    gram = backend.space.gram
+
+    def recording(g_f, g_r):
+        seen.append(sum(t.numel() for t in local(g_f)))
+        return gram(g_f, g_r)
+
+    backend.space.gram = recording  # type: ignore[method-assign]
+    return seen
+
+
+def reference_local_numel(u) -> int:
+    """Entries of the frozen reference model held on this rank (ZeRO-3 partitions, FSDP2 local shards)."""
+    module = getattr(u.ref_model, "module", u.ref_model)
+    total = 0
+    for p in module.parameters():
+        if hasattr(p, "ds_tensor"):
+            total += p.ds_tensor.numel()
+        elif hasattr(p, "to_local"):
+            total += p.to_local().numel()
+        else:
+            total += p.numel()
+    return total
 
 
 def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
@@ -64,6 +92,8 @@ def main() -> None:
             print(f"[worker] run {run['tag']}", flush=True)
             backend = BACKENDS.build(run["backend"], **run["kwargs"])
             u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"])
+            gram_numel = record_gram_inputs(backend)
+            ref_numel = reference_local_numel(u)
             if run.get("resume_after"):
                 rows = resume_run(u, run, out_dir)
                 backend = u.backend
@@ -72,7 +102,8 @@ def main() -> None:
             params = full_parameters(backend, u.model)
             buffers = getattr(backend, "_buffers", None)
             views = buffers.views_intact() if isinstance(buffers, FlatGradBuffers) else None
-            torch.save({"rows": rows, "params": params, "flat_grad_views_intact": views},
+            torch.save({"rows": rows, "params": params, "flat_grad_views_intact": views,
+                        "gram_numel": gram_numel, "ref_local_numel": ref_numel},
                        out_dir / f"{run['tag']}_rank{backend.rank}.pt")
     except BaseException:
         if dist.is_initialized():
