@@ -42,6 +42,7 @@ class Backend:
         self.optimizer: torch.optim.Optimizer | None = None
         self._params: list[nn.Parameter] = []
         self._buffers: GradBuffers | None = None
+        self._buffers_params: list[nn.Parameter] | None = None
 
     # -- setup -------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
@@ -71,10 +72,12 @@ class Backend:
         return FlatGradBuffers(params)
 
     def _grad_buffers(self) -> GradBuffers:
-        if self._buffers is None:
-            if not self._params:
-                raise RuntimeError("Backend.setup() must run before gradients are used")
+        """The buffers for the current parameter list (built on first use, rebuilt if setup ran again)."""
+        if not self._params:
+            raise RuntimeError("Backend.setup() must run before gradients are used")
+        if self._buffers is None or self._buffers_params is not self._params:
             self._buffers = self._make_buffers(self._params)
+            self._buffers_params = self._params
         return self._buffers
 
     def grads(self) -> list[Tensor]:
