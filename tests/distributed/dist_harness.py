@@ -59,9 +59,11 @@ def batches(batch: int = BATCH) -> list[tuple[list[dict[str, list[int]]], list[d
     return [(examples(batch, 100 + s), examples(batch, 200 + s)) for s in range(STEPS)]
 
 
-def unlearner(backend: Backend, micro_batch_size: int | None, batch: int = BATCH) -> Unlearner:
-    """BLUR-NPO (gamma 1, beta 0.1) with AdamW on the tiny model, global batch `batch`."""
-    model = tiny_model()
+def unlearner(backend: Backend, micro_batch_size: int | None, batch: int = BATCH,
+              model_dtype: torch.dtype | None = None) -> Unlearner:
+    """BLUR-NPO (gamma 1, beta 0.1) with AdamW on the tiny model (cast to `model_dtype`, as if loaded in it),
+    global batch `batch`."""
+    model = tiny_model() if model_dtype is None else tiny_model().to(model_dtype)
     return Unlearner(
         model=model,
         forget_loss=build_objective(FORGET_LOSSES, {"name": "npo", "beta": 0.1}),

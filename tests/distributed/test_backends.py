@@ -43,7 +43,7 @@ def zero_config(stage: int) -> dict[str, Any]:
 
 # backend id -> (trainer.backend, backend kwargs, mixed precisions to run)
 BACKENDS: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
-    "ddp": ("ddp", {}, ()),
+    "ddp": ("ddp", {}, ("bf16",)),
     "fsdp2": ("fsdp2", {}, ("bf16",)),
     "zero0": ("deepspeed", {"zero_stage": 0, "deepspeed_config": zero_config(0)}, ()),
     "zero1": ("deepspeed", {"zero_stage": 1, "deepspeed_config": zero_config(1)}, ("bf16", "fp16")),
@@ -65,6 +65,9 @@ def runs(backend: str) -> list[dict[str, Any]]:
     plan += [(mp, 2, BATCH, {**kwargs, "mixed_precision": mp}) for mp in precisions]
     out = [{"tag": f"{backend}_{tag}", "backend": name, "micro": micro, "batch": batch, "kwargs": kw}
            for tag, micro, batch, kw in plan]
+    if "bf16" in precisions:  # a model loaded in bf16 (like the hub configs): the masters must still be float32
+        out.append({"tag": f"{backend}_bf16_loaded", "backend": name, "micro": 2, "batch": BATCH,
+                    "kwargs": {**kwargs, "mixed_precision": "bf16"}, "model_dtype": "bfloat16"})
     if backend in RESUMABLE:
         out.append({"tag": f"{backend}_resume", "backend": name, "micro": 2, "batch": BATCH, "kwargs": kwargs,
                     "resume_after": 2})
@@ -170,6 +173,16 @@ def test_mixed_precision_agrees_across_ranks_and_with_fp32(backend: str, precisi
     want = torch.cat([reference["params"][n].reshape(-1) for n in names])
     err = rel_error(got, want)
     assert err < 3e-2, f"{what}: parameters off by {err:.2e} (relative)"
+
+
+@pytest.mark.parametrize("backend", [b for b, (_, _, mps) in BACKENDS.items() if "bf16" in mps])
+def test_bf16_loaded_model_gets_float32_master_weights(backend: str, results) -> None:
+    """Unlearning learning rates move weights by less than bf16's resolution: whatever dtype the model was
+    loaded in, the optimizer must update float32 masters (DDP and FSDP2 upcast; DeepSpeed keeps its own)."""
+    for r, rk in enumerate(results(backend, "bf16_loaded")):
+        assert rk["master_dtypes"] == ["torch.float32"], f"{backend} rank {r}: {rk['master_dtypes']}"
+        assert all(row["A_f"] == pytest.approx(1.0, rel=1e-9) for row in rk["rows"])
+        assert all(torch.isfinite(p).all() for p in rk["params"].values())
 
 
 # Backends whose checkpoints are implemented: DDP (replicated, rank 0 writes), FSDP2 (per-rank shards).

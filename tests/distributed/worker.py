@@ -66,6 +66,18 @@ def reference_local_numel(u) -> int:
     return total
 
 
+def master_dtypes(backend: Backend) -> list[str]:
+    """dtypes of the weights the optimizer updates: DeepSpeed's master partitions, else the trained parameters."""
+    engine = getattr(backend, "engine", None)
+    if engine is not None and getattr(backend, "zero_stage", 0) >= 1:
+        from unlearn.train.backends.zero_partitions import master_state
+
+        tensors = master_state(engine).masters()
+    else:
+        tensors = local(list(backend._params))
+    return sorted({str(t.dtype) for t in tensors})
+
+
 def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
     """Take `resume_after` steps, checkpoint, then continue in a *fresh* backend and unlearner from the files."""
     k = run["resume_after"]
@@ -91,7 +103,8 @@ def main() -> None:
         for run in runs:
             print(f"[worker] run {run['tag']}", flush=True)
             backend = BACKENDS.build(run["backend"], **run["kwargs"])
-            u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"])
+            dtype = getattr(torch, run["model_dtype"]) if run.get("model_dtype") else None
+            u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"], model_dtype=dtype)
             gram_numel = record_gram_inputs(backend)
             ref_numel = reference_local_numel(u)
             if run.get("resume_after"):
@@ -103,7 +116,8 @@ def main() -> None:
             buffers = getattr(backend, "_buffers", None)
             views = buffers.views_intact() if isinstance(buffers, FlatGradBuffers) else None
             torch.save({"rows": rows, "params": params, "flat_grad_views_intact": views,
-                        "gram_numel": gram_numel, "ref_local_numel": ref_numel},
+                        "gram_numel": gram_numel, "ref_local_numel": ref_numel,
+                        "master_dtypes": master_dtypes(backend)},
                        out_dir / f"{run['tag']}_rank{backend.rank}.pt")
     except BaseException:
         if dist.is_initialized():

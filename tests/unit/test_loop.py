@@ -21,7 +21,8 @@ def tiny_model(seed: int = 0) -> LlamaForCausalLM:
     return harness_tiny_model(seed).double()
 
 
-def make(direction: dict, micro: int | None, optimizer: str = "sgd", clip: float = 0.0, model=None):
+def make(direction: dict, micro: int | None, optimizer: str = "sgd", clip: float = 0.0, model=None,
+         backend: Backend | None = None):
     model = model if model is not None else tiny_model()
     ref = copy.deepcopy(model).requires_grad_(False)
     opt = (lambda p: torch.optim.SGD(p, lr=0.1)) if optimizer == "sgd" else (lambda p: torch.optim.AdamW(p, lr=1e-2))
@@ -30,7 +31,7 @@ def make(direction: dict, micro: int | None, optimizer: str = "sgd", clip: float
         forget_loss=build_objective(FORGET_LOSSES, {"name": "npo", "beta": 0.1}),
         retain_loss=build_objective(RETAIN_LOSSES, {"name": "nll"}),
         rule=build_direction(direction),
-        backend=Backend(),
+        backend=backend if backend is not None else Backend(),
         make_optimizer=opt,
         make_scheduler=None,
         collate=collate,
@@ -136,3 +137,15 @@ def test_single_process_steps_keep_gradients_in_the_flat_buffers() -> None:
         u.step(examples(8, 2 * k), examples(8, 2 * k + 1))
     assert u.backend._buffers is not None and u.backend._buffers.views_intact()
     assert len(u.backend.grads()) == 1  # one float64 group: the loop sees one tensor, not one per parameter
+
+
+def test_gradient_checkpointing_in_one_process_takes_the_same_step() -> None:
+    """trainer.gradient_checkpointing on the single backend recomputes activations and changes nothing else."""
+    f, r = examples(8, 4), examples(8, 5)
+    plain = make({"name": "blur", "gamma": 1.0}, micro=4)
+    ckpt = make({"name": "blur", "gamma": 1.0}, micro=4, backend=Backend(gradient_checkpointing=True))
+    assert ckpt.model.is_activation_checkpointing and not plain.model.is_activation_checkpointing
+    d_plain, d_ckpt = plain.step(f, r), ckpt.step(f, r)
+    for k in ("loss_f", "loss_r", "norm_f", "norm_r", "cos_fr"):
+        assert d_ckpt[k] == pytest.approx(d_plain[k], rel=1e-12), k
+    torch.testing.assert_close(params(ckpt), params(plain), rtol=1e-12, atol=1e-14)

@@ -16,11 +16,58 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.directions.gradspace import GradSpace
+from unlearn.errors import ConfigError
 from unlearn.registry import Registry
 from unlearn.train.checkpoint import load_checkpoint, save_checkpoint
 from unlearn.train.grad_buffers import FlatGradBuffers, GradBuffers
 
 OptimizerFactory = Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+MIXED_PRECISION: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_mixed_precision(value: str | None, allowed: tuple[str, ...]) -> torch.dtype | None:
+    """Map `trainer.mixed_precision` to a dtype; a value the backend cannot honour is a ConfigError."""
+    if value in (None, "no", "fp32", "float32"):
+        return None
+    if value not in MIXED_PRECISION or value not in allowed:
+        raise ConfigError(
+            f"trainer.mixed_precision: {value!r} is not supported by this backend; use one of "
+            f"{', '.join(['null', *allowed])}"
+        )
+    return MIXED_PRECISION[value]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward (transformers' implementation, non-reentrant).
+
+    Non-reentrant checkpointing is the variant DDP's no_sync, FSDP2's per-layer hooks and ZeRO's gradient hooks
+    all handle (the reentrant one runs each layer's backward outside the outer graph). The KV cache is turned
+    off because it is useless in training and transformers refuses it under checkpointing.
+    """
+    # transformers 5 renamed it activation checkpointing (the old name warns and goes in v6).
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if callable(enable):
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        enable = getattr(model, "gradient_checkpointing_enable", None)
+        if not callable(enable):
+            raise ConfigError(
+                f"trainer.gradient_checkpointing: {type(model).__name__} has no activation_checkpointing_enable()"
+            )
+        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = False
+
+
+def upcast_master_weights(model: nn.Module) -> nn.Module:
+    """float32 master weights for mixed precision: a model loaded in bf16/fp16 is upcast before the optimizer
+    sees it. Adam updates at unlearning learning rates (1e-5 relative and less) fall below bf16's resolution
+    (2^-8 relative) and would round away on half-precision weights."""
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
+        model = model.float()
+    return model
 
 
 class Backend:
@@ -34,8 +81,16 @@ class Backend:
 
     rank: int = 0
     world_size: int = 1
+    #: `trainer.mixed_precision` values this backend honours (besides null).
+    supported_precisions: tuple[str, ...] = ("bf16",)
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(self, device: str | torch.device = "cpu", mixed_precision: str | None = None,
+                 gradient_checkpointing: bool = False) -> None:
+        """`mixed_precision=bf16`: float32 master weights (a half-precision model is upcast), forward passes under
+        `torch.autocast(bf16)`. fp16 is refused: it needs a loss scaler (use DeepSpeed for fp16).
+        `gradient_checkpointing`: recompute activations in backward (transformers' non-reentrant checkpointing)."""
+        self.param_dtype = resolve_mixed_precision(mixed_precision, self.supported_precisions)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
         self.device = torch.device(device)
         self.space = GradSpace()
         self.model: nn.Module | None = None
@@ -47,6 +102,10 @@ class Backend:
     # -- setup -------------------------------------------------------------------------------------------
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Place the model, build the optimizer over the trainable parameters; return the module to call."""
+        if self.param_dtype is not None:
+            model = upcast_master_weights(model)
+        if self.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         self.model = model.to(self.device)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:
@@ -57,6 +116,19 @@ class Backend:
     def prepare_reference(self, ref_model: nn.Module) -> nn.Module:
         """Place the frozen reference model like the trained one (sharded backends shard it too)."""
         return ref_model.to(self.device)
+
+    # -- forward precision -------------------------------------------------------------------------------
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype forwards run in under `torch.autocast`; None where the wrapper casts by itself (FSDP2's
+        MixedPrecisionPolicy, DeepSpeed's bf16/fp16 engine) or without mixed precision."""
+        return self.param_dtype
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Context for the objectives' forward passes (the trained and the reference model)."""
+        dtype = self.autocast_dtype()
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # -- gradients ---------------------------------------------------------------------------------------
     @contextlib.contextmanager

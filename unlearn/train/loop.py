@@ -145,7 +145,8 @@ class Unlearner:
         total = 0.0
         for i, (batch, weight) in enumerate(micro):
             with self.backend.accumulating(last=i == len(micro) - 1):
-                loss = objective(self.model, batch, self.ref_model) * weight
+                with self.backend.autocast():  # forwards only: backward runs outside autocast, as torch advises
+                    loss = objective(self.model, batch, self.ref_model) * weight
                 self.backend.backward(loss)
             total += float(loss.detach())
         return self.backend.reduce_mean(total)

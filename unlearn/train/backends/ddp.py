@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from unlearn.train.backend import BACKENDS, OptimizerFactory
+from unlearn.train.backend import BACKENDS, OptimizerFactory, upcast_master_weights
 from unlearn.train.backends.dist import DistributedBackend
 
 
@@ -22,19 +22,24 @@ from unlearn.train.backends.dist import DistributedBackend
 class DDPBackend(DistributedBackend):
     """Data parallelism with replicated parameters, gradients and optimizer state.
 
-    Mixed precision is not offered here (use the model's own dtype, or `fsdp2`/`deepspeed` for bf16 with fp32
-    master weights). The reference model is a plain replicated copy.
+    `mixed_precision=bf16` works as in one process: float32 master weights (a bf16-loaded model is upcast) and
+    forwards under `torch.autocast(bf16)`; gradients, and so DDP's all-reduce, stay float32. The reference model
+    is a plain replicated copy in its loaded dtype.
     """
 
     replicated_state = True
+    supported_precisions = ("bf16",)
 
     def __init__(self, device: str = "auto", gradient_checkpointing: bool = False,
-                 bucket_cap_mb: float = 25.0) -> None:
-        super().__init__(device=device, gradient_checkpointing=gradient_checkpointing)
+                 bucket_cap_mb: float = 25.0, mixed_precision: str | None = None) -> None:
+        super().__init__(device=device, mixed_precision=mixed_precision,
+                         gradient_checkpointing=gradient_checkpointing)
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.ddp: DistributedDataParallel | None = None
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
+        if self.param_dtype is not None:
+            model = upcast_master_weights(model)
         model = self._prepare(model)
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:

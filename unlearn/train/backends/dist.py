@@ -20,9 +20,7 @@ from torch import Tensor, nn
 
 from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
-from unlearn.train.backend import Backend
-
-MIXED_PRECISION: dict[str | None, torch.dtype | None] = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from unlearn.train.backend import Backend, enable_gradient_checkpointing, resolve_mixed_precision
 
 
 def init_process_group(timeout_s: float = 1800.0) -> None:
@@ -59,36 +57,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_mixed_precision(value: str | None, allowed: tuple[str, ...]) -> torch.dtype | None:
-    """Map `trainer.mixed_precision` to a dtype; a value the backend cannot honour is a ConfigError."""
-    if value in (None, "no", "fp32", "float32"):
-        return None
-    if value not in MIXED_PRECISION or value not in allowed:
-        raise ConfigError(
-            f"trainer.mixed_precision: {value!r} is not supported by this backend; use one of "
-            f"{', '.join(['null', *allowed])}"
-        )
-    return MIXED_PRECISION[value]
-
-
-def enable_gradient_checkpointing(model: nn.Module) -> None:
-    """Recompute activations in backward (transformers' implementation, non-reentrant).
-
-    Non-reentrant checkpointing is the variant DDP's no_sync, FSDP2's per-layer hooks and ZeRO's gradient hooks
-    all handle (the reentrant one runs each layer's backward outside the outer graph). The KV cache is turned
-    off because it is useless in training and transformers refuses it under checkpointing.
-    """
-    enable = getattr(model, "gradient_checkpointing_enable", None)
-    if not callable(enable):
-        raise ConfigError(
-            f"trainer.gradient_checkpointing: {type(model).__name__} has no gradient_checkpointing_enable()"
-        )
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "use_cache"):
-        config.use_cache = False
-
-
 class DistributedBackend(Backend):
     """Base of the multi-process backends: joins the process group and provides the global reductions.
 
@@ -98,7 +66,7 @@ class DistributedBackend(Backend):
         gradient_checkpointing: recompute activations in backward to save memory.
     """
 
-    supported_precisions: tuple[str, ...] = ()
+    supported_precisions: tuple[str, ...] = ()  # subclasses list what they honour
     #: True when every rank holds the whole model and optimizer state (DDP), so the base class's rank-0
     #: checkpoint is complete. Sharded backends refuse checkpoints rather than write one rank's shard as if it
     #: were the whole state.
@@ -111,10 +79,10 @@ class DistributedBackend(Backend):
         gradient_checkpointing: bool = False,
     ) -> None:
         # Config first, process group second: a bad value fails at once, launcher or not.
-        self.param_dtype = resolve_mixed_precision(mixed_precision, self.supported_precisions)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
+        resolve_mixed_precision(mixed_precision, self.supported_precisions)
         init_process_group()
-        super().__init__(resolve_device(device))
+        super().__init__(resolve_device(device), mixed_precision=mixed_precision,
+                         gradient_checkpointing=gradient_checkpointing)
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         # Subclasses whose gradient pieces are disjoint shards replace this with a summing GradSpace.

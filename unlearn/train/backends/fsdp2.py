@@ -18,7 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from unlearn.directions.gradspace import GradSpace
-from unlearn.train.backend import BACKENDS, OptimizerFactory
+from unlearn.train.backend import BACKENDS, OptimizerFactory, upcast_master_weights
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from unlearn.train.grad_buffers import GradBuffers, ParamGradBuffers
@@ -39,7 +39,8 @@ class FSDP2Backend(DistributedBackend):
     """Fully sharded data parallelism on a 1-D device mesh (CPU/gloo or CUDA/NCCL).
 
     Mixed precision (`bf16`) follows FSDP2's MixedPrecisionPolicy: parameters are all-gathered and computed in
-    bf16, gradients are reduced in float32 into float32 shards, and the optimizer steps float32 master shards.
+    bf16, gradients are reduced in float32 into float32 shards, and the optimizer steps float32 master shards (a
+    model loaded in bf16 is upcast before sharding, so the shards really are float32).
     fp16 is refused: FSDP2 has no loss scaling here, and fp16 gradients of small losses underflow.
     The reference model is sharded the same way (it is as large as the model).
     """
@@ -66,7 +67,12 @@ class FSDP2Backend(DistributedBackend):
         fully_shard(model, mesh=self.mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
         return model
 
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None  # the MixedPrecisionPolicy casts the gathered parameters itself
+
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
+        if self.param_dtype is not None:  # the sharded parameters are the master weights: float32
+            model = upcast_master_weights(model)
         model = self._shard(self._prepare(model), self.reshard_after_forward)
         # fully_shard replaced every parameter by a sharded DTensor: the optimizer must be built afterwards, and
         # then only ever sees (and keeps state for) this rank's shards.

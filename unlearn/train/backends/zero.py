@@ -192,6 +192,9 @@ class DeepSpeedBackend(DistributedBackend):
         self.pieces: GradPieces | None = None
         self._pass_grads: list[Tensor] | None = None
 
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None  # the engine runs the module in bf16/fp16 itself and keeps float32 master partitions
+
     # -- setup -------------------------------------------------------------------------------------------
     def _deepspeed(self) -> Any:
         import deepspeed
