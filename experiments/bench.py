@@ -48,7 +48,8 @@ What is measured, and why this way
   trained there first if absent, which takes minutes — then `TofuEvaluator.evaluate` on the target model is
   timed (all four splits: NLLs, perturbed NLLs, greedy generation, ROUGE). `--skip-eval` leaves it out.
 * CUDA only: a Llama-3.2-1B-shaped model (hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate 8192,
-  vocab 128256, tied embeddings; random init; bf16) runs a few GradDiff and BLUR-NPO steps and reports tokens/s
+  vocab 128256, tied embeddings; random init; built in bf16 and trained with `mixed_precision=bf16`, i.e.
+  float32 master weights and bf16 autocast forwards) runs a few GradDiff and BLUR-NPO steps and reports tokens/s
   and model FLOPs utilisation `MFU = 6 * N * tokens/s / peak` (N = distinct parameters; tokens = forget +
   retain tokens per step; NPO's reference forward is not counted as useful FLOPs; `--peak-tflops`, default
   989 = H100 SXM dense bf16). That section is `bench_large`, separate from everything above.
@@ -232,13 +233,15 @@ def compose_default() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- step functions
-def unlearner_step_fn(p: Plan, model: nn.Module, spec: ModelSpec, batches: Batches, device: str) -> StepFn:
+def unlearner_step_fn(p: Plan, model: nn.Module, spec: ModelSpec, batches: Batches, device: str,
+                      mixed_precision: str | None = None) -> StepFn:
     """One optimizer step of method `p` through the real Unlearner + Backend, as `experiment.py` wires it."""
     needs_ref = p.forget_loss.needs_ref or p.retain_loss.needs_ref
     ref = copy.deepcopy(model).requires_grad_(False).eval() if needs_ref else None
     loop = dataclasses.replace(p.loop, batch_size=spec.batch_size, micro_batch_size=spec.micro_batch_size)
     u = Unlearner(model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule,
-                  backend=Backend(device), make_optimizer=p.make_optimizer, make_scheduler=None,
+                  backend=Backend(device, mixed_precision=mixed_precision), make_optimizer=p.make_optimizer,
+                  make_scheduler=None,
                   collate=collate, cfg=loop, ref_model=ref)
 
     def step(k: int) -> None:
@@ -534,16 +537,19 @@ def time_tofu_mini_eval(device: str, cache_dir: str | None, log: Callable[[str],
 
 
 def bench_large(spec: ModelSpec, device: str, dtype: torch.dtype, steps: int, warmup: int, peak_tflops: float,
-                names: Sequence[str] = (BASELINE, "blur_npo"), log: Callable[[str], None] = print
-                ) -> dict[str, Any]:
+                names: Sequence[str] = (BASELINE, "blur_npo"), log: Callable[[str], None] = print,
+                mixed_precision: str | None = None) -> dict[str, Any]:
     """CUDA section: tokens/s and MFU of a few steps of each method on a large model (one method at a time).
 
-    Kept apart from `bench_methods`: no interleaving or bare loop, just throughput at a realistic size.
+    Kept apart from `bench_methods`: no interleaving or bare loop, just throughput at a realistic size. The
+    model is built in `dtype` (as a hub checkpoint would be loaded) and trained with `mixed_precision`, as a
+    run with `trainer.mixed_precision=bf16` does: float32 master weights, bf16 autocast forwards.
     """
     plans = compose_plans(names)
     batches = Batches.make(spec, seed=1)
     tokens = 2 * spec.batch_size * spec.seq_len
-    out: dict[str, Any] = {"model": {**dataclasses.asdict(spec), "dtype": str(dtype).removeprefix("torch.")},
+    out: dict[str, Any] = {"model": {**dataclasses.asdict(spec), "dtype": str(dtype).removeprefix("torch."),
+                                     "mixed_precision": mixed_precision},
                            "peak_tflops": peak_tflops, "methods": {}}
     for name in names:
         gc.collect()
@@ -553,7 +559,7 @@ def bench_large(spec: ModelSpec, device: str, dtype: torch.dtype, steps: int, wa
         model = build_model(spec, seed=0, device=device, dtype=dtype)
         n = count_params(model)
         out["model"]["params"] = n
-        step = unlearner_step_fn(plans[name], model, spec, batches, device)
+        step = unlearner_step_fn(plans[name], model, spec, batches, device, mixed_precision=mixed_precision)
         for k in range(warmup):
             step(k)
         synchronize(device)
@@ -760,8 +766,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if run_large:
         large_spec = dataclasses.replace(LLAMA_1B, batch_size=args.large_batch, seq_len=args.large_seq,
                                          micro_batch_size=args.large_micro_batch)
-        dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-        result["large"] = bench_large(large_spec, device, dtype, args.large_steps, args.warmup, args.peak_tflops)
+        on_cuda = torch.device(device).type == "cuda"
+        dtype = torch.bfloat16 if on_cuda else torch.float32
+        result["large"] = bench_large(large_spec, device, dtype, args.large_steps, args.warmup, args.peak_tflops,
+                                      mixed_precision="bf16" if on_cuda else None)
 
     run_dir = write_outputs(result, args.out)
     print(render_markdown(result))

@@ -78,7 +78,9 @@ def test_cpu_peak_memory_sees_a_known_allocation() -> None:
 def test_large_section_runs_on_a_micro_shape() -> None:
     """The CUDA-only section cannot run here; its code path is exercised with a micro shape on CPU."""
     spec = bench.SIZES["micro"]
-    res = bench.bench_large(spec, "cpu", torch.float32, steps=1, warmup=0, peak_tflops=1.0, log=lambda _: None)
+    res = bench.bench_large(spec, "cpu", torch.bfloat16, steps=1, warmup=0, peak_tflops=1.0, log=lambda _: None,
+                            mixed_precision="bf16")  # as on CUDA: a bf16 model trained with float32 masters
     assert set(res["methods"]) == {"graddiff", "blur_npo"}
+    assert res["model"]["dtype"] == "bfloat16" and res["model"]["mixed_precision"] == "bf16"
     for row in res["methods"].values():
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
