@@ -176,6 +176,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     model_cfg = p.cfg["model"]
     model = load_model(prepared.target_path, dtype=model_cfg.get("dtype", "float32"),
                        trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    loaded_dtype = next(model.parameters()).dtype  # mixed precision trains float32 masters; results go back to it
     model = apply_lora(model, model_cfg.get("lora"))  # unchanged unless model.lora is set
 
     # -- reference rows (Original and Retain): evaluated on rank 0, cached ---------------------------------------
@@ -233,7 +234,9 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     assert trained is not None
     steps = pd.read_csv(run_dir / "diagnostics.csv")["step"].tolist()
     t0 = time.perf_counter()
-    trained = trained.to(device)
+    # Evaluated and saved in the dtype it was loaded in, like the Original and Retain rows (mixed precision
+    # upcast the trained weights to float32 masters).
+    trained = trained.to(device=device, dtype=loaded_dtype)
     result = p.evaluator.evaluate(trained, prepared.tokenizer, fmt, prepared.data, reference_tr)
     timings["eval_seconds"] = time.perf_counter() - t0
     result.items.to_json(run_dir / "items.jsonl", orient="records", lines=True)

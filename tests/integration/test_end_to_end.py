@@ -60,3 +60,21 @@ def test_lora_run_trains_adapters_only(e2e_cache: Path, tmp_path: Path) -> None:
     assert summary["steps"] == 3
     saved = sorted(p.name for p in (tmp_path / "run" / "model").iterdir())
     assert "model.safetensors" in saved and not any("adapter" in name for name in saved)  # merged, plain model
+
+
+def test_bf16_mixed_precision_run_forgets_and_saves_in_the_loaded_dtype(e2e_cache: Path, tmp_path: Path) -> None:
+    """model.dtype=bfloat16 + trainer.mixed_precision=bf16: float32 masters during unlearning, then the model is
+    evaluated and saved in bf16, like the Original and Retain rows it is compared with."""
+    from safetensors import safe_open
+
+    cfg = micro_cfg(e2e_cache, "method=blur_npo", "model.dtype=bfloat16", "trainer.mixed_precision=bf16",
+                    "save_model=true")
+    run_dir = tmp_path / "run"
+    summary = run_experiment(cfg, run_dir, console_print=False)
+    original = json.loads((run_dir / "references.json").read_text())["Original"]
+    assert summary["forget_prob"] < 0.7 * original["forget_prob"], (summary, original)
+    diag = pd.read_csv(run_dir / "diagnostics.csv")
+    assert diag["A_f"].tolist() == pytest.approx([1.0] * len(diag), rel=1e-6)
+    with safe_open(str(run_dir / "model" / "model.safetensors"), framework="pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert dtypes == {"BF16"}, dtypes
