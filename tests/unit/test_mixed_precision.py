@@ -8,6 +8,7 @@ with float32 master weights about 98% change.
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -49,7 +50,8 @@ def changed_fraction(mixed_precision: str | None) -> tuple[float, Unlearner]:
 
 def test_bf16_loaded_model_trains_float32_masters_and_keeps_small_updates() -> None:
     mixed, u = changed_fraction("bf16")
-    pure, _ = changed_fraction(None)
+    with pytest.warns(UserWarning, match="mixed_precision"):  # the warning below, for exactly this case
+        pure, _ = changed_fraction(None)
     assert {p.dtype for p in u.model.parameters()} == {torch.float32}
     assert u.ref_model is not None and next(u.ref_model.parameters()).dtype == torch.bfloat16  # left as loaded
     assert mixed > 0.9, mixed
@@ -79,3 +81,12 @@ def test_fp16_and_unknown_precisions_are_refused_naming_the_key() -> None:
     for value in ("fp16", "int8"):
         with pytest.raises(ConfigError, match=r"trainer\.mixed_precision"):
             Backend(mixed_precision=value)
+
+
+def test_training_half_precision_weights_without_mixed_precision_warns() -> None:
+    with pytest.warns(UserWarning, match=r"trainer\.mixed_precision is null"):
+        make(None, torch.bfloat16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 weights, or bf16 with masters: nothing to say
+        make(None, torch.float32)
+        make("bf16", torch.bfloat16)

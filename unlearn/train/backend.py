@@ -8,6 +8,7 @@ the gradient buffers; its `space` computes global inner products over *its* grad
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,19 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
         config.use_cache = False
 
 
+def warn_if_training_half_precision(model: nn.Module) -> None:
+    """Without mixed precision, a model loaded in bf16/fp16 is trained as it is: say what that costs."""
+    half = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                   if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)})
+    if half:
+        warnings.warn(
+            f"trainable parameters are {'/'.join(half)} and trainer.mixed_precision is null: the optimizer updates "
+            "half-precision weights directly, and updates below their resolution (2^-8 relative for bf16) are "
+            "lost. Set trainer.mixed_precision=bf16 for float32 master weights.",
+            stacklevel=3,
+        )
+
+
 def upcast_master_weights(model: nn.Module) -> nn.Module:
     """float32 master weights for mixed precision: a model loaded in bf16/fp16 is upcast before the optimizer
     sees it. Adam updates at unlearning learning rates (1e-5 relative and less) fall below bf16's resolution
@@ -100,10 +114,17 @@ class Backend:
         self._buffers_params: list[nn.Parameter] | None = None
 
     # -- setup -------------------------------------------------------------------------------------------
+    def _master_weights(self, model: nn.Module) -> nn.Module:
+        """The model the optimizer will update: float32 under mixed precision, else as loaded (with a warning
+        when that is half precision)."""
+        if self.param_dtype is not None:
+            return upcast_master_weights(model)
+        warn_if_training_half_precision(model)
+        return model
+
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         """Place the model, build the optimizer over the trainable parameters; return the module to call."""
-        if self.param_dtype is not None:
-            model = upcast_master_weights(model)
+        model = self._master_weights(model)
         if self.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         self.model = model.to(self.device)

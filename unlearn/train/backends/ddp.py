@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from unlearn.train.backend import BACKENDS, OptimizerFactory, upcast_master_weights
+from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
 
 
@@ -38,9 +38,7 @@ class DDPBackend(DistributedBackend):
         self.ddp: DistributedDataParallel | None = None
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
-        if self.param_dtype is not None:
-            model = upcast_master_weights(model)
-        model = self._prepare(model)
+        model = self._prepare(self._master_weights(model))
         self._params = [p for p in model.parameters() if p.requires_grad]
         if not self._params:
             raise ValueError("the model has no trainable parameters")

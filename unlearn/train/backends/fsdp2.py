@@ -18,7 +18,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from unlearn.directions.gradspace import GradSpace
-from unlearn.train.backend import BACKENDS, OptimizerFactory, upcast_master_weights
+from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
 from unlearn.train.grad_buffers import GradBuffers, ParamGradBuffers
@@ -71,8 +71,7 @@ class FSDP2Backend(DistributedBackend):
         return None  # the MixedPrecisionPolicy casts the gathered parameters itself
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
-        if self.param_dtype is not None:  # the sharded parameters are the master weights: float32
-            model = upcast_master_weights(model)
+        model = self._master_weights(model)  # the sharded parameters are the master weights: float32 under bf16
         model = self._shard(self._prepare(model), self.reshard_after_forward)
         # fully_shard replaced every parameter by a sharded DTensor: the optimizer must be built afterwards, and
         # then only ever sees (and keeps state for) this rank's shards.

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
-from unlearn.train.backend import BACKENDS, OptimizerFactory
+from unlearn.train.backend import BACKENDS, OptimizerFactory, warn_if_training_half_precision
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.backends.zero_partitions import (
     GradPieces,
@@ -205,6 +205,8 @@ class DeepSpeedBackend(DistributedBackend):
 
     def setup(self, model: nn.Module, make_optimizer: OptimizerFactory) -> nn.Module:
         deepspeed = self._deepspeed()
+        if self.param_dtype is None:  # with bf16/fp16 the engine keeps float32 master partitions itself
+            warn_if_training_half_precision(model)
         model = self._prepare(model)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
