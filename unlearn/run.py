@@ -31,5 +31,18 @@ def main(cfg: DictConfig) -> float | None:
     return summary.get("forget_quality")
 
 
+def leave_process_group() -> None:
+    """Under a launcher, leave the process group before the interpreter exits (every rank has passed the run's
+    final barrier by then). A group destructed at shutdown makes NCCL warn and can hang it, and with gloo a
+    still-running thread destroyed at exit aborted rank 0 ("terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        leave_process_group()
