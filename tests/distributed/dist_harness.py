@@ -6,10 +6,11 @@ the only difference between them is the backend.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,21 @@ def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, 
         pytest.fail(f"{group} workers failed {failed}; results written: {results}\n"
                     + "\n".join(f"rank {r} started:\n{s}" for r, s in enumerate(started))
                     + "\n" + "\n".join(log[-4000:] for log in logs))
+
+
+@contextlib.contextmanager
+def worker_session() -> Iterator[None]:
+    """The body of a worker's main(): on an exception, leave the process group and re-raise (a non-zero exit the
+    launcher reports); once the body has saved every result, `finish_worker()`."""
+    import torch.distributed as dist
+
+    try:
+        yield
+    except BaseException:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        raise
+    finish_worker()
 
 
 def finish_worker() -> None:

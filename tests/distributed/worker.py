@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from dist_harness import batches, finish_worker, run_steps, unlearner
+from dist_harness import batches, run_steps, unlearner, worker_session
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
@@ -99,7 +98,7 @@ def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
 def main() -> None:
     runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
-    try:
+    with worker_session():  # on success: finish_worker(), no interpreter teardown (see its docstring)
         for run in runs:
             print(f"[worker] run {run['tag']}", flush=True)
             backend = BACKENDS.build(run["backend"], **run["kwargs"])
@@ -119,11 +118,6 @@ def main() -> None:
                         "gram_numel": gram_numel, "ref_local_numel": ref_numel,
                         "master_dtypes": master_dtypes(backend)},
                        out_dir / f"{run['tag']}_rank{backend.rank}.pt")
-    except BaseException:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    finish_worker()  # every result is saved: exit without interpreter teardown (see its docstring)
 
 
 if __name__ == "__main__":

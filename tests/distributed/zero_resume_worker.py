@@ -17,8 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
-from dist_harness import BATCH, batches, finish_worker, unlearner
+from dist_harness import BATCH, batches, unlearner, worker_session
 from torch import Tensor, nn
 
 from unlearn.errors import ConfigError
@@ -71,7 +70,7 @@ def main() -> None:
     runs, out_dir = json.loads(sys.argv[1]), Path(sys.argv[2])
     torch.set_num_threads(1)
     previous: Path | None = None
-    try:
+    with worker_session():  # on success: finish_worker(), no interpreter teardown (see its docstring)
         for run in runs:
             print(f"[zero_resume_worker] run {run['tag']}", flush=True)
             straight = straight_scaler = None
@@ -106,11 +105,6 @@ def main() -> None:
                        out_dir / f"{run['tag']}_rank{fresh.backend.rank}.pt")
             if not run.get("uninterrupted"):
                 previous = saved
-    except BaseException:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        raise
-    finish_worker()  # every result is saved: exit without interpreter teardown (see its docstring)
 
 
 if __name__ == "__main__":
