@@ -41,8 +41,8 @@ class Gram:
         return self.fr / denom if denom > 0 else float("nan")
 
 
-def _local(t: Tensor) -> Tensor:
-    """The part of `t` this rank owns: a DTensor's local shard, or the tensor itself."""
+def local_shard(t: Tensor) -> Tensor:
+    """The part of `t` this rank owns: a DTensor's local shard (writes to it write the DTensor), or `t` itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if callable(to_local) else t
 
@@ -53,9 +53,9 @@ _CHUNK = 1 << 24
 # Entries per float32 partial sum. Products are summed in float32 within a block and the block sums in float64:
 # the float32 part never accumulates more than _BLOCK terms, so the error does not grow with the model size
 # (a single float32 accumulator over ~1e9 entries would lose digits of the partly cancelling `<g_f, g_r>`),
-# while the pass stays at float32 bandwidth. The error is float32 rounding, relative to each product's scale
-# (||f||^2, ||f|| ||r||, ||r||^2): below 1e-7 in tests/unit/test_gradspace.py, 2e-10 over the bench model's 4.7M
-# entries. Measured there (CPU): 3.0 ms for the three products against 7.0 ms with every entry upcast to float64.
+# while the pass stays at float32 bandwidth (half the memory traffic of upcasting every entry to float64). The
+# error is float32 rounding, relative to each product's scale (||f||^2, ||f|| ||r||, ||r||^2): below 1e-7 in
+# tests/unit/test_gradspace.py. `make bench` reports the Gram's time on its model (`loop_overhead_s.gram`).
 _BLOCK = 2048
 
 
@@ -80,7 +80,7 @@ def _dot_blocks(x: Tensor, y: Tensor) -> Tensor:
 def _chunks(x: Tensor, y: Tensor) -> Iterator[tuple[Tensor, Tensor]]:
     """This rank's entries of x and y, flattened, cast to the compute dtype, _CHUNK at a time (lazily: a bf16
     partition is upcast one chunk at a time, never whole)."""
-    x, y = _local(x).reshape(-1), _local(y).reshape(-1)
+    x, y = local_shard(x).reshape(-1), local_shard(y).reshape(-1)
     if x.numel() != y.numel():
         raise ValueError(f"gradient pieces differ in size: {x.numel()} vs {y.numel()}")
     dtype = _compute_dtype(x)
@@ -118,11 +118,11 @@ class GradSpace:
         for xs, ys in pairs:
             if len(xs) != len(ys):
                 raise ValueError(f"gradient lists differ in length: {len(xs)} vs {len(ys)}")
-            terms = [_dot(x, y) for x, y in zip(xs, ys, strict=True) if _local(x).numel() > 0]
+            terms = [_dot(x, y) for x, y in zip(xs, ys, strict=True) if local_shard(x).numel() > 0]
             if terms:
                 partials.append(torch.stack(terms).sum())
             else:  # this rank owns no entries (tiny tensors, many ranks); NCCL still needs a device tensor
-                device = _local(xs[0]).device if len(xs) else torch.device("cpu")
+                device = local_shard(xs[0]).device if len(xs) else torch.device("cpu")
                 partials.append(torch.zeros((), dtype=torch.float64, device=device))
         vec = torch.stack([p.to(partials[0].device) for p in partials])
         if self.all_reduce is not None:
@@ -133,11 +133,11 @@ class GradSpace:
         """The three inner products every direction rule needs, fused into one call and one all-reduce."""
         if len(g_f) != len(g_r):
             raise ValueError(f"gradient lists differ in length: {len(g_f)} vs {len(g_r)}")
-        terms = [_gram3(f, r) for f, r in zip(g_f, g_r, strict=True) if _local(f).numel() > 0]
+        terms = [_gram3(f, r) for f, r in zip(g_f, g_r, strict=True) if local_shard(f).numel() > 0]
         if terms:
             vec = torch.stack(terms).sum(dim=0)
         else:  # this rank owns no entries; NCCL still needs a device tensor
-            device = _local(g_f[0]).device if len(g_f) else torch.device("cpu")
+            device = local_shard(g_f[0]).device if len(g_f) else torch.device("cpu")
             vec = torch.zeros(3, dtype=torch.float64, device=device)
         if self.all_reduce is not None:
             self.all_reduce(vec)

@@ -25,14 +25,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from unlearn.directions.gradspace import local_shard
+
 
 def local(ts: Sequence[Tensor]) -> list[Tensor]:
     """The tensors this rank owns: a DTensor's local shard, or the tensor itself."""
-    out = []
-    for t in ts:
-        to_local = getattr(t, "to_local", None)
-        out.append(to_local() if callable(to_local) else t)
-    return out
+    return [local_shard(t) for t in ts]
 
 
 def _same(a: Tensor | None, b: Tensor) -> bool:
@@ -42,6 +40,11 @@ def _same(a: Tensor | None, b: Tensor) -> bool:
 
 class GradBuffers:
     """Interface: the installed gradient set, zeroing it, and taking it (installing the other, zeroed set)."""
+
+    def __init__(self, params: Sequence[nn.Parameter]) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("no trainable parameters")
 
     def current(self) -> list[Tensor]:
         """The installed set: tensors that together hold every trainable gradient entry of this rank once."""
@@ -61,9 +64,7 @@ class FlatGradBuffers(GradBuffers):
     """Two sets of contiguous buffers (one flat tensor per dtype and device); `.grad`s are views into one set."""
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("no trainable parameters")
+        super().__init__(params)
         groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
         for i, p in enumerate(self.params):
             groups.setdefault((p.dtype, p.device), []).append(i)
@@ -131,9 +132,7 @@ class ParamGradBuffers(GradBuffers):
     """One buffer per parameter (DTensor gradients included), double-buffered by swapping `.grad` objects."""
 
     def __init__(self, params: Sequence[nn.Parameter]) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("no trainable parameters")
+        super().__init__(params)
         self._spare: list[Tensor] = []
 
     def current(self) -> list[Tensor]:
