@@ -90,3 +90,8 @@ def test_training_half_precision_weights_without_mixed_precision_warns() -> None
         warnings.simplefilter("error")  # float32 weights, or bf16 with masters: nothing to say
         make(None, torch.float32)
         make("bf16", torch.bfloat16)
+
+
+def test_float64_model_is_not_downcast_by_mixed_precision() -> None:
+    u = make("bf16", torch.float64)
+    assert {p.dtype for p in u.model.parameters()} == {torch.float64}

@@ -79,8 +79,8 @@ def upcast_master_weights(model: nn.Module) -> nn.Module:
     """float32 master weights for mixed precision: a model loaded in bf16/fp16 is upcast before the optimizer
     sees it. Adam updates at unlearning learning rates (1e-5 relative and less) fall below bf16's resolution
     (2^-8 relative) and would round away on half-precision weights."""
-    if any(p.is_floating_point() and p.dtype != torch.float32 for p in model.parameters()):
-        model = model.float()
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        model = model.float()  # float64 models are left alone: they already have more than float32 masters
     return model
 
 
