@@ -7,7 +7,7 @@
 What is measured, and why this way
 ----------------------------------
 * Step time. Every method in `configs/method/*.yaml` is composed exactly as a run composes it (Hydra, the
-  `config.yaml` defaults + `method=<name>`) and built by `unlearn.experiment.plan`, i.e. by the same
+  `config.yaml` defaults + `method=<name>`) and built by `unlearn.pipeline.plan`, i.e. by the same
   `build_objective` / `build_direction` / optimizer builders a run uses; its steps run through the real
   `Unlearner` + `Backend`. All methods share one randomly initialised tiny Llama (the same `state_dict` is
   reloaded before each method) and one fixed sequence of synthetic forget/retain batches, so differences are
@@ -91,7 +91,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from unlearn.experiment import Plan, plan
+from unlearn.pipeline import Plan, plan
 from unlearn.train.backend import Backend
 from unlearn.train.loop import Unlearner
 
@@ -512,8 +512,8 @@ def targets(result: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 def time_tofu_mini_eval(device: str, cache_dir: str | None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Wall time of one full TofuEvaluator run (configs/eval/tofu.yaml) on the default tofu_mini target."""
-    from unlearn.data.benchmarks import prepare_benchmark
-    from unlearn.evals import build_evaluator
+    from unlearn.benchmarks.base import prepare_benchmark
+    from unlearn.evals import build_evaluators
     from unlearn.models.build import load_model
 
     cfg = compose_default()
@@ -522,18 +522,19 @@ def time_tofu_mini_eval(device: str, cache_dir: str | None, log: Callable[[str],
     t0 = time.perf_counter()
     prepared = prepare_benchmark(cfg["benchmark"], cfg["model"], cache, log=log)
     prepare_s = time.perf_counter() - t0
-    model = load_model(prepared.target_path, dtype=cfg["model"].get("dtype", "float32")).to(device).eval()
-    evaluator = build_evaluator(cfg["eval"])
+    model = load_model(prepared.models["target"], dtype=cfg["model"].get("dtype", "float32")).to(device).eval()
+    (evaluator,) = build_evaluators(cfg["eval"])
     synchronize(device)
     t0 = time.perf_counter()
-    result = evaluator.evaluate(model, prepared.tokenizer, prepared.formatter, prepared.data, None)
+    items = evaluator.evaluate(model, prepared)
     synchronize(device)
     seconds = time.perf_counter() - t0
-    counts = result.items["split"].value_counts().to_dict()
+    summary = evaluator.summarise(items, {})
+    counts = items["split"].value_counts().to_dict()
     log(f"[bench] tofu_mini eval: {seconds:.1f}s for {sum(counts.values())} items {counts}")
     return {"seconds": seconds, "prepare_seconds": prepare_s, "items": {k: int(v) for k, v in counts.items()},
             "forget_split": cfg["benchmark"]["forget_split"], "cache_dir": str(cache),
-            "eval": cfg["eval"], "model_utility": float(result.summary["model_utility"])}
+            "eval": cfg["eval"], "model_utility": float(summary["model_utility"])}
 
 
 def bench_large(spec: ModelSpec, device: str, dtype: torch.dtype, steps: int, warmup: int, peak_tflops: float,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from hydra import compose, initialize_config_dir
 
-from unlearn.experiment import run_experiment
+from unlearn.pipeline import run_experiment
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
@@ -44,7 +44,7 @@ def collect(root: Path) -> pd.DataFrame:
     for summary_file in sorted(root.glob("*/summary.json")):
         run_dir = summary_file.parent
         cfg = json.loads(json.dumps(__import__("yaml").safe_load((run_dir / "config.yaml").read_text())))
-        base = {"run": run_dir.name, "method": cfg["method"]["name"], "split": cfg["benchmark"]["forget_split"],
+        base = {"run": run_dir.name, "method": cfg["method"]["name"], "split": cfg["benchmark"].get("tag"),
                 "seed": cfg["seed"]}
         rows.append({**base, "model": cfg["method"]["name"], **json.loads(summary_file.read_text())})
         refs = json.loads((run_dir / "references.json").read_text())

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from unlearn.models.embedded import micro_configs
+from unlearn.benchmarks.tofu.embedded import micro_configs
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,7 +36,7 @@ def micro_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def micro_prepared(micro_cache_dir: Path) -> Any:
     """The micro tofu_mini benchmark (forget10), prepared once per session: a `Prepared`."""
-    from unlearn.data.benchmarks import prepare_benchmark
+    from unlearn.benchmarks.base import prepare_benchmark
 
     bench, model = micro_configs("forget10")
     return prepare_benchmark(bench, model, micro_cache_dir, log=lambda _msg: None)

@@ -16,11 +16,10 @@ from unlearn.errors import ConfigError
 
 REQUIRED = {
     "model": ("name", "source"),
-    "benchmark": ("name", "forget_split"),
+    "benchmark": ("name",),
     "method": ("name", "forget", "retain", "direction"),
     "optimizer": ("name", "lr"),
     "trainer": ("backend", "batch_size"),
-    "eval": ("name",),
     "logger": ("name",),
 }
 
@@ -67,6 +66,8 @@ def validate_required(cfg: Mapping[str, Any]) -> None:
         for key in keys:
             if section.get(key) is None:
                 raise ConfigError(f"{group}.{key}: missing required key")
+    if not isinstance(cfg.get("eval"), Mapping) or not cfg["eval"]:
+        raise ConfigError("eval: missing config group (choose evaluators with `eval=<name>` or `eval=[a,b]`)")
     for part in ("forget", "retain", "direction"):
         if not isinstance(cfg["method"][part], Mapping) or "name" not in cfg["method"][part]:
             raise ConfigError(f"method.{part}.name: missing required key")

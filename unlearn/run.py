@@ -1,6 +1,6 @@
 """Hydra entry point: `python -m unlearn.run method=blur_npo benchmark=tofu_mini`.
 
-Composes the config groups under `configs/`, then hands the resolved config to `unlearn.experiment`. A bad
+Composes the config groups under `configs/`, then hands the resolved config to `unlearn.pipeline`. A bad
 config exits with one line naming the offending key, before anything is loaded or trained.
 """
 
@@ -20,15 +20,16 @@ register_resolvers()
 
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    from unlearn.experiment import run_experiment  # heavy imports after Hydra has parsed the command line
+    from unlearn.pipeline import run_experiment  # heavy imports after Hydra has parsed the command line
 
     try:
         summary = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    # Returned for Hydra sweepers that optimise a metric.
-    return summary.get("forget_quality")
+    # Returned for Hydra sweepers that optimise a metric (`optimize_metric`, a benchmark default).
+    metric = cfg.get("optimize_metric")
+    return None if metric is None or not summary else summary.get(metric)
 
 
 def leave_process_group() -> None:

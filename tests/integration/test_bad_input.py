@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import micro_cfg
-from unlearn.data.tofu import load_tofu
+from unlearn.benchmarks.tofu.data import load_tofu
 from unlearn.errors import ConfigError, DataError
-from unlearn.experiment import plan, run_experiment
+from unlearn.pipeline import plan, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,8 @@ def test_cli_bad_value_exits_with_the_key_and_trains_nothing(tmp_path: Path) -> 
         ("optimizer.name=lion", "optimizer.name"),
         ("optimizer.lr=0", "optimizer.lr"),
         ("trainer.backend=tpu", "trainer.backend"),
-        ("eval.name=muse", "eval.name"),
+        ("+eval.nope={}", "eval: unknown evaluator 'nope'"),
+        ("eval.tofu.batch_size=0", "eval.tofu.batch_size"),
         ("logger.name=mlflow", "logger.name"),
         ("benchmark.name=tofu_maxi", "benchmark.name"),
         ("~method.retain", "method.retain"),

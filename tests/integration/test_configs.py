@@ -8,8 +8,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.integration.helpers import CONFIG_DIR, micro_cfg
-from unlearn.experiment import plan
-from unlearn.models.embedded import micro_configs
+from unlearn.benchmarks.tofu.embedded import micro_configs
+from unlearn.pipeline import plan
 
 METHODS = sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml"))
 
@@ -33,4 +33,4 @@ def test_real_tofu_config_composes_with_hub_model(tmp_path: Path) -> None:
         micro_cfg(tmp_path, "benchmark=tofu", "model=llama32_1b_tofu", "benchmark.forget_split=forget05"),
         resolve=True)
     assert cfg["model"]["retain_path"] == "open-unlearning/tofu_Llama-3.2-1B-Instruct_retain95"
-    assert cfg["optimizer"]["lr"] == 1e-5 and cfg["eval"]["max_new_tokens"] == 200
+    assert cfg["optimizer"]["lr"] == 1e-5 and cfg["eval"]["tofu"]["max_new_tokens"] == 200

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from tests.integration.helpers import micro_cfg
-from unlearn.experiment import run_experiment
+from unlearn.evals.base import read_items
+from unlearn.pipeline import run_experiment
 from unlearn.train.diagnostics import COLUMNS
 
 METHODS = ["ga", "graddiff", "npo", "simnpo", "ngdiff", "blur_npo", "blur_simnpo", "blur_ga"]
@@ -32,12 +33,12 @@ def test_every_method_forgets(method: str, e2e_cache: Path, tmp_path: Path) -> N
     assert summary["forget_prob"] < 0.7 * original["forget_prob"], (summary, original)
     assert summary["forget_rouge"] < original["forget_rouge"]
     # Run directory contract.
-    for name in ("config.yaml", "summary.json", "diagnostics.csv", "items.jsonl", "references.json", "table.csv"):
+    for name in ("config.yaml", "summary.json", "diagnostics.csv", "items/tofu.jsonl", "references.json", "table.csv"):
         assert (run_dir / name).exists(), name
     diag = pd.read_csv(run_dir / "diagnostics.csv")
     assert list(diag.columns[:9]) == COLUMNS[:9]
     assert len(diag) == summary["steps"] and diag["step"].tolist() == list(range(1, len(diag) + 1))
-    items = pd.read_json(run_dir / "items.jsonl", lines=True)
+    items = read_items(run_dir / "items" / "tofu.jsonl")
     assert {"forget", "retain", "real_authors", "world_facts"} <= set(items["split"])
     for key in ("forget_quality", "forget_truth_ratio", "model_utility"):
         assert 0.0 <= summary[key] <= 1.0

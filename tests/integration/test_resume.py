@@ -9,7 +9,7 @@ import pytest
 
 from tests.integration.helpers import micro_cfg
 from unlearn.errors import ConfigError
-from unlearn.experiment import run_experiment
+from unlearn.pipeline import run_experiment
 from unlearn.train.loop import Unlearner
 
 RUN = ["method=blur_npo", "trainer.max_steps=4", "trainer.checkpoint_every=2", "eval_reference_models=false"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import CONFIG_DIR
+from unlearn.benchmarks.base import prepare_benchmark
 from unlearn.config import to_container
-from unlearn.data.benchmarks import prepare_benchmark
 
 
 @pytest.mark.slow
@@ -23,7 +23,7 @@ def test_default_tofu_mini_builds_in_budget(tmp_path: Path) -> None:
     prepared = prepare_benchmark(cfg["benchmark"], cfg["model"], tmp_path, log=lambda _m: None)
     seconds = time.perf_counter() - t0
     assert seconds < 360, f"default build took {seconds:.0f} s (budget 6 min on 2 cores)"
-    target = json.loads((Path(prepared.target_path) / "build_info.json").read_text())
-    retain = json.loads((Path(prepared.retain_path) / "build_info.json").read_text())
+    target = json.loads((Path(prepared.models["target"]) / "build_info.json").read_text())
+    retain = json.loads((Path(prepared.models.get("retain")) / "build_info.json").read_text())
     assert target["exact_match"] >= 0.95 and retain["exact_match"] >= 0.95, (target, retain)
-    assert len(prepared.data.forget) == 100  # forget10 of 100 authors x 10 QA
+    assert len(prepared.eval_data["tofu"].forget) == 100  # forget10 of 100 authors x 10 QA

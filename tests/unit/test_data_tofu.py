@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn.data.tofu import TofuData, load_tofu, tofu_configs
+from unlearn.benchmarks.tofu.data import TofuData, load_tofu, tofu_configs
 from unlearn.errors import ConfigError, DataError
 
 
@@ -108,7 +108,7 @@ def test_invalid_json_names_the_file(copy: Path) -> None:
 
 
 def test_loads_a_written_world(tmp_path: Path) -> None:
-    from unlearn.data.world import WorldConfig, generate_world, write_world
+    from unlearn.benchmarks.tofu.world import WorldConfig, generate_world, write_world
 
     cfg = WorldConfig(n_authors=20, qa_per_author=3, n_holdout_authors=2, n_real_authors=5, n_world_facts=5)
     write_world(cfg, tmp_path)

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from unlearn.data.world import (
+from unlearn.benchmarks.tofu.world import (
     ATTRIBUTES,
     REAL_AUTHOR_ATTRIBUTE,
     WORLD_FACT_ATTRIBUTES,

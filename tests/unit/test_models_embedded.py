@@ -7,33 +7,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn.data.benchmarks import BENCHMARKS, Prepared, prepare_benchmark
-from unlearn.data.world import WorldConfig
+from unlearn.benchmarks.base import BENCHMARKS, Task, prepare_benchmark
+from unlearn.benchmarks.tofu.embedded import MICRO_ARCH, MICRO_PRETRAIN, MICRO_WORLD, micro_configs, prepare_embedded
+from unlearn.benchmarks.tofu.world import WorldConfig
 from unlearn.errors import ConfigError
 from unlearn.models.build import build_llama, count_parameters, load_model, load_tokenizer
+from unlearn.models.builder import greedy_exact_match, teacher_forced_exact_match
 from unlearn.models.cache import build_cached, cache_key, read_info
-from unlearn.models.embedded import (
-    MICRO_ARCH,
-    MICRO_PRETRAIN,
-    MICRO_WORLD,
-    greedy_exact_match,
-    micro_configs,
-    prepare_embedded,
-    teacher_forced_exact_match,
-)
 
 
-def test_micro_models_memorise(micro_prepared: Prepared) -> None:
+def test_micro_models_memorise(micro_prepared: Task) -> None:
     p = micro_prepared
-    assert p.kind == "tofu" and p.retain_path is not None
-    target_info = read_info(Path(p.target_path))
+    assert "retain" in p.models
+    target_info = read_info(Path(p.models["target"]))
     assert target_info["exact_match"] >= 0.9
     assert 50_000 <= target_info["param_count"] <= 250_000
     assert target_info["spec"]["role"] == "target"
-    assert read_info(Path(p.retain_path))["spec"]["forget_split"] == "forget10"
+    assert read_info(Path(p.models["retain"]))["spec"]["forget_split"] == "forget10"
     # Reload from disk and re-measure: the saved weights (safetensors) are the trained ones.
-    model = load_model(p.target_path)
-    from unlearn.data.world import generate_world, pretraining_rows
+    model = load_model(p.models["target"])
+    from unlearn.benchmarks.tofu.world import generate_world, pretraining_rows
 
     rows = pretraining_rows(generate_world(WorldConfig(**MICRO_WORLD)), "target")
     assert greedy_exact_match(model, p.formatter, rows) >= 0.9
@@ -42,28 +35,29 @@ def test_micro_models_memorise(micro_prepared: Prepared) -> None:
         greedy_exact_match(model, p.formatter, rows), abs=0.02
     )
     # The forget set is known to the target and (mostly) unknown to the retain model.
-    retain = load_model(p.retain_path)
-    forget = [{"question": r["question"], "answer": r["answer"]} for r in p.data.forget]
+    retain = load_model(p.models["retain"])
+    forget = [{"question": r["question"], "answer": r["answer"]} for r in p.eval_data["tofu"].forget]
     assert greedy_exact_match(model, p.formatter, forget) >= 0.75
     assert greedy_exact_match(retain, p.formatter, forget) <= 0.25
 
 
-def test_prepared_data_and_tokenizer(micro_prepared: Prepared) -> None:
+def test_prepared_data_and_tokenizer(micro_prepared: Task) -> None:
     p = micro_prepared
-    assert p.data.name == "forget10"
-    assert len(p.data.forget) == 2 * MICRO_WORLD["qa_per_author"]
-    assert p.data.holdout and p.data.retain_eval and p.data.real_authors and p.data.world_facts
-    tok = load_tokenizer(p.target_path)
+    assert p.eval_data["tofu"].name == "forget10"
+    assert len(p.eval_data["tofu"].forget) == 2 * MICRO_WORLD["qa_per_author"]
+    assert p.eval_data["tofu"].holdout and p.eval_data["tofu"].retain_eval and p.eval_data["tofu"].real_authors
+    assert p.eval_data["tofu"].world_facts
+    tok = load_tokenizer(p.models["target"])
     assert tok.eos_token_id == p.tokenizer.eos_token_id
     assert p.formatter.tokenizer is p.tokenizer
 
 
-def test_cache_reuse_and_rekey(micro_prepared: Prepared, micro_cache_dir: Path) -> None:
+def test_cache_reuse_and_rekey(micro_prepared: Task, micro_cache_dir: Path) -> None:
     bench, model = micro_configs("forget10")
     logs: list[str] = []
     again = prepare_benchmark(bench, model, micro_cache_dir, log=logs.append)
-    assert again.target_path == micro_prepared.target_path
-    assert again.retain_path == micro_prepared.retain_path
+    assert again.models["target"] == micro_prepared.models["target"]
+    assert again.models.get("retain") == micro_prepared.models.get("retain")
     assert not any("training" in line for line in logs), logs
     # Only the retain model depends on the split: forget05 reuses the target and builds a new retain model.
     world = WorldConfig(**MICRO_WORLD)
@@ -179,7 +173,7 @@ def test_benchmark_config_errors(tmp_path: Path) -> None:
         ({"name": "tofu", "source": str(tmp_path)}, {"source": "hub"}, r"model\.path"),
         ({"name": "tofu"}, {"source": "hub", "path": "x", "dtype": "int3"}, r"model\.dtype"),
         ({"name": "tofu"}, {"source": "hub", "path": "x", "trust_remote_code": "yes"}, r"model\.trust_remote_code"),
-        ({**bench, "kind": "muse"}, model, r"benchmark\.kind"),
+        ({**bench, "kind": "muse"}, model, r"benchmark: unknown key\(s\) \['kind'\]"),
         (bench, {**model, "dtype": "fp8"}, r"model\.dtype"),
     ]
     for b, m, pattern in cases:
@@ -188,25 +182,26 @@ def test_benchmark_config_errors(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir()), "validation must fail before anything is built"
 
 
-def test_shared_keys_are_accepted(micro_prepared: Prepared, micro_cache_dir: Path) -> None:
+def test_shared_keys_are_accepted(micro_prepared: Task, micro_cache_dir: Path) -> None:
     """Keys other layers own (recommended unlearning settings, eval limits, load dtype) pass validation."""
     bench, model = micro_configs("forget10")
-    bench = {**bench, "kind": "tofu", "train": {"lr": 1e-3}, "max_new_tokens": 24}
+    bench = {**bench, "tag": "forget10", "optimize_metric": "forget_quality", "train": {"lr": 1e-3},
+             "max_new_tokens": 24}
     model = {**model, "name": "tiny_llama_micro", "dtype": "float32", "trust_remote_code": False}
     again = prepare_benchmark(bench, model, micro_cache_dir, log=lambda _m: None)
-    assert again.target_path == micro_prepared.target_path
+    assert again.models["target"] == micro_prepared.models["target"]
 
 
 def test_tofu_benchmark_with_local_data_and_model(
-    micro_prepared: Prepared, tofu_fixture_dir: Path, tmp_path: Path
+    micro_prepared: Task, tofu_fixture_dir: Path, tmp_path: Path
 ) -> None:
     """The `tofu` path end to end, offline: fixture data + a local model directory instead of the hub."""
     p = prepare_benchmark(
         {"name": "tofu", "source": str(tofu_fixture_dir), "forget_split": "forget01"},
-        {"source": "hub", "path": micro_prepared.target_path, "retain_path": None, "dtype": "float32"},
+        {"source": "hub", "path": micro_prepared.models["target"], "retain_path": None, "dtype": "float32"},
         tmp_path,
         log=lambda _m: None,
     )
-    assert p.kind == "tofu" and p.retain_path is None and p.target_path == micro_prepared.target_path
-    assert len(p.data.forget) == 2
+    assert "retain" not in p.models and p.models["target"] == micro_prepared.models["target"]
+    assert len(p.eval_data["tofu"].forget) == 2
     assert p.formatter.encode("Q?", "A.")["input_ids"][-1] == p.tokenizer.eos_token_id

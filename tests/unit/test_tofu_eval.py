@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,10 +15,14 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tests.tiny_lm import make_model
+from unlearn.benchmarks.base import Task
+from unlearn.benchmarks.tofu.benchmark import tofu_task
+from unlearn.benchmarks.tofu.data import TofuData
+from unlearn.benchmarks.tofu.evaluator import TofuEvaluator, forget_truth_ratios
+from unlearn.benchmarks.tofu.evaluator import summarise_tofu as summarise
 from unlearn.data.format import QAFormatter
-from unlearn.data.tofu import TofuData
 from unlearn.errors import ConfigError, DataError
-from unlearn.evals import EVALUATORS, TofuEvaluator, build_evaluator, summarise
+from unlearn.evals import EVALUATORS, build_evaluators
 from unlearn.evals.metrics import model_utility, rouge_l_recall
 from unlearn.evals.scoring import answer_nll, greedy_generate
 
@@ -192,9 +197,20 @@ def model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
     return make_model(tokenizer, seed=0)
 
 
+def task_of(data: TofuData, tokenizer: PreTrainedTokenizerFast, formatter: QAFormatter) -> Task:
+    return tofu_task("tofu", data, tokenizer, formatter, {"target": "unused"})
+
+
 @pytest.fixture(scope="module")
-def result(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, formatter: QAFormatter) -> Any:
-    return TofuEvaluator(batch_size=4, max_new_tokens=6).evaluate(model, tokenizer, formatter, make_data())
+def task(tokenizer: PreTrainedTokenizerFast, formatter: QAFormatter) -> Task:
+    return task_of(make_data(), tokenizer, formatter)
+
+
+@pytest.fixture(scope="module")
+def result(model: LlamaForCausalLM, task: Task) -> Any:
+    evaluator = TofuEvaluator(batch_size=4, max_new_tokens=6)
+    items = evaluator.evaluate(model, task)
+    return SimpleNamespace(items=items, summary=evaluator.summarise(items, {}), forget_tr=forget_truth_ratios(items))
 
 
 def test_evaluate_items_match_direct_scoring(
@@ -253,25 +269,20 @@ def test_evaluate_summary_is_summarise_of_items(result: Any) -> None:
     assert 0.0 <= result.summary["model_utility"] <= 1.0
 
 
-def test_evaluate_forget_quality_and_batch_size_independence(
-    result: Any, model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, formatter: QAFormatter
-) -> None:
-    other = TofuEvaluator(batch_size=1, max_new_tokens=6).evaluate(
-        model, tokenizer, formatter, make_data(), reference_forget_tr=result.forget_tr
-    )
+def test_evaluate_forget_quality_and_batch_size_independence(result: Any, model: LlamaForCausalLM, task: Task) -> None:
+    evaluator = TofuEvaluator(batch_size=1, max_new_tokens=6)
+    items = evaluator.evaluate(model, task)
+    summary = evaluator.summarise(items, {"retain": result.items})
     # Same model as the reference: identical TR samples up to float noise -> KS p-value 1.
-    assert other.summary["forget_quality"] == pytest.approx(1.0)
+    assert summary["forget_quality"] == pytest.approx(1.0)
     for key, value in result.summary.items():
-        assert other.summary[key] == pytest.approx(value, rel=1e-5), key
-    assert other.items["generation"].tolist() == result.items["generation"].tolist()
+        assert summary[key] == pytest.approx(value, rel=1e-5), key
+    assert items["generation"].tolist() == result.items["generation"].tolist()
 
 
-def test_max_items_per_split_takes_first_rows(
-    model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, formatter: QAFormatter, result: Any
-) -> None:
-    small = TofuEvaluator(batch_size=4, max_new_tokens=6, max_items_per_split=1).evaluate(
-        model, tokenizer, formatter, make_data()
-    )
+def test_max_items_per_split_takes_first_rows(model: LlamaForCausalLM, task: Task, result: Any) -> None:
+    small = SimpleNamespace(items=TofuEvaluator(batch_size=4, max_new_tokens=6, max_items_per_split=1).evaluate(
+        model, task))
     assert small.items.groupby("split").size().to_dict() == {
         "forget": 1,
         "real_authors": 1,
@@ -291,23 +302,26 @@ def test_evaluate_data_errors(
     data = make_data()
     del data.forget[1]["paraphrased_answer"]
     with pytest.raises(DataError, match=r"forget\[1\]: missing key 'paraphrased_answer'"):
-        evaluator.evaluate(model, tokenizer, formatter, data)
+        evaluator.evaluate(model, task_of(data, tokenizer, formatter))
     data = make_data()
     data.retain_eval[0]["perturbed_answer"] = "not a list"
     with pytest.raises(DataError, match=r"retain_eval\[0\]: 'perturbed_answer'"):
-        evaluator.evaluate(model, tokenizer, formatter, data)
-    with pytest.raises(ValueError, match="reference_forget_tr"):
-        evaluator.evaluate(model, tokenizer, formatter, make_data(), reference_forget_tr=[])
+        evaluator.evaluate(model, task_of(data, tokenizer, formatter))
     data = make_data()
     data.world_facts = []
     with pytest.raises(DataError, match="world_facts: no rows"):
-        evaluator.evaluate(model, tokenizer, formatter, data)
+        evaluator.evaluate(model, task_of(data, tokenizer, formatter))
+
+
+def test_forget_quality_needs_a_reference_sample(result: Any) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        summarise(result.items, [])
 
 
 # ----------------------------------------------------------------------------- registry and config
 def test_build_from_config_file() -> None:
     cfg = OmegaConf.load(CONFIG)
-    evaluator = build_evaluator(cfg)
+    (evaluator,) = build_evaluators({"tofu": cfg})
     assert isinstance(evaluator, TofuEvaluator)
     assert (evaluator.batch_size, evaluator.max_new_tokens) == (32, 200)
     assert evaluator.max_items_per_split is None and evaluator.rouge_stemmer is True
@@ -315,15 +329,15 @@ def test_build_from_config_file() -> None:
 
 
 def test_registry_errors() -> None:
-    with pytest.raises(ConfigError, match=r"eval.name: unknown evaluator 'nope'; known: .*tofu"):
-        build_evaluator({"name": "nope"})
-    with pytest.raises(ConfigError, match=r"eval\.name: missing"):
-        build_evaluator({"batch_size": 2})
-    with pytest.raises(ConfigError, match="bad arguments"):
-        build_evaluator({"name": "tofu", "batch_sz": 2})
-    with pytest.raises(ConfigError, match=r"eval\.batch_size"):
-        build_evaluator({"name": "tofu", "batch_size": 0})
-    with pytest.raises(ConfigError, match=r"eval\.max_items_per_split"):
+    with pytest.raises(ConfigError, match=r"eval: unknown evaluator 'nope'; known: .*tofu"):
+        build_evaluators({"nope": {}})
+    with pytest.raises(ConfigError, match=r"eval: choose at least one evaluator"):
+        build_evaluators({})
+    with pytest.raises(ConfigError, match=r"eval\.tofu: bad settings"):
+        build_evaluators({"tofu": {"batch_sz": 2}})
+    with pytest.raises(ConfigError, match=r"eval\.tofu\.batch_size"):
+        build_evaluators({"tofu": {"batch_size": 0}})
+    with pytest.raises(ConfigError, match=r"eval\.tofu\.max_items_per_split"):
         TofuEvaluator(max_items_per_split=-1)
-    with pytest.raises(ConfigError, match=r"eval\.rouge_stemmer"):
+    with pytest.raises(ConfigError, match=r"eval\.tofu\.rouge_stemmer"):
         TofuEvaluator(rouge_stemmer="false")  # type: ignore[arg-type]

@@ -33,6 +33,10 @@ class QAFormatter:
         use_chat_template: build the prompt with `tokenizer.apply_chat_template` (system + user message,
             generation prompt appended), as instruction-tuned TOFU models expect.
         system_prompt: optional system message for the chat template.
+        date_string: the date a chat template writes into the prompt. Llama-3 templates insert *today's* date
+            when none is given (transformers renders `strftime_now`), so prompts, and every score computed from
+            them, would change from day to day; open-unlearning's TOFU targets were evaluated with
+            "10 Apr 2025". Passed to the template only when set.
     """
 
     def __init__(
@@ -42,6 +46,7 @@ class QAFormatter:
         max_length: int = 512,
         use_chat_template: bool = False,
         system_prompt: str | None = None,
+        date_string: str | None = None,
     ) -> None:
         if "{question}" not in template:
             raise ConfigError(f"prompt.template: must contain '{{question}}', got {template!r}")
@@ -56,6 +61,7 @@ class QAFormatter:
         self.max_length = int(max_length)
         self.use_chat_template = bool(use_chat_template)
         self.system_prompt = system_prompt
+        self.date_string = date_string
         self.eos_id: int = int(tokenizer.eos_token_id)
         self.bos_id: int | None = None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
         pad = tokenizer.pad_token_id
@@ -70,7 +76,8 @@ class QAFormatter:
         if self.system_prompt:
             messages.append({"role": "system", "content": self.system_prompt})
         messages.append({"role": "user", "content": question})
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        extra = {} if self.date_string is None else {"date_string": self.date_string}
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         if not isinstance(text, str):  # pragma: no cover - defensive against API drift
             raise ConfigError("prompt.use_chat_template: apply_chat_template did not return a string")
         return text

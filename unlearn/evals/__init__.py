@@ -1,11 +1,11 @@
-"""Evaluation: pure metrics, model scoring, and benchmark evaluators behind the `EVALUATORS` registry.
+"""Evaluation: the evaluator interface and registry, pure metrics, and model scoring (NLLs, generations).
 
-Importing this package registers every evaluator, so `build_evaluator(cfg.eval)` can find any of them.
+Benchmark-specific evaluators live with their benchmark (`unlearn.benchmarks.<name>.evaluator`) and register in
+`EVALUATORS` when `unlearn.benchmarks` is imported; benchmark-independent ones (lm-evaluation-harness) live here.
 """
 
 from __future__ import annotations
 
-from unlearn.evals.registry import EVALUATORS, build_evaluator
-from unlearn.evals.tofu import TofuEvalResult, TofuEvaluator, summarise
+from unlearn.evals.base import EVALUATORS, Evaluator, build_evaluators, read_items, write_items
 
-__all__ = ["EVALUATORS", "TofuEvalResult", "TofuEvaluator", "build_evaluator", "summarise"]
+__all__ = ["EVALUATORS", "Evaluator", "build_evaluators", "read_items", "write_items"]

@@ -1,7 +1,7 @@
 """Model-based per-item quantities: answer NLLs and greedy generations, batched.
 
 These are the only evaluation functions that touch a model; everything downstream (unlearn.evals.metrics,
-unlearn.evals.tofu.summarise) works on their outputs. Two properties matter more than speed:
+unlearn.benchmarks.tofu.evaluator.summarise) works on their outputs. Two properties matter more than speed:
 
 - an item's score must not depend on which other items share its batch (padding, batch size, order), so that
   runs with different batch sizes or on different hardware are comparable. NLLs are therefore taken per

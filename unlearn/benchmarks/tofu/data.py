@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unlearn.data.world import FORGET_SPLITS, holdout_split_for, retain_split_for
+from unlearn.benchmarks.tofu.world import FORGET_SPLITS, holdout_split_for, retain_split_for
 from unlearn.errors import DataError
 
 TRAIN_KEYS = ("question", "answer")
@@ -130,7 +130,7 @@ def _find_local(directory: Path, config: str) -> Path | None:
 
 
 def _load_local(directory: Path, config: str, required: bool = True) -> list[dict[str, Any]] | None:
-    import datasets  # local import: keeps `import unlearn.data.tofu` light
+    import datasets  # local import: keeps `import unlearn.benchmarks.tofu.data` light
 
     path = _find_local(directory, config)
     if path is None:

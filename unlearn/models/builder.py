@@ -1,14 +1,10 @@
-"""Embedded target and retain models for `tofu_mini`, trained from scratch and cached on disk.
+"""Train a small Llama from scratch on question-answer rows: the generic builder behind every embedded benchmark.
 
-TOFU's protocol needs two models: a *target* fine-tuned on every fictitious author (what we unlearn from) and
-a *retain* model fine-tuned on everything except the forget split (the gold standard that forget quality is
-measured against). For the embedded benchmark both are tiny Llamas trained from random init on the synthetic
-world until they reproduce their training answers by greedy decoding, which is what makes the forget set's
-knowledge real and measurable.
-
-Each artefact (world files, tokenizer, target, one retain model per forget split) is a cache entry keyed by a
-hash of everything that determines it, including `EMBEDDED_VERSION`: bump it whenever this file changes what
-gets built.
+An embedded benchmark (tofu_mini, and later muse_mini and wmdp_mini) needs models that really *know* a synthetic
+world, so that forgetting it is measurable. This module trains a tiny Llama until it reproduces its training answers
+by greedy decoding (checked cheaply by teacher-forced exact match, which is equivalent), and resolves the
+architecture and training settings from config with errors that name the key. What to train on, and caching, belong
+to the benchmark that calls it.
 """
 
 from __future__ import annotations
@@ -16,24 +12,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unlearn.data.format import DEFAULT_TEMPLATE, IGNORE_INDEX, QAFormatter
-from unlearn.data.tokenizer import load_trained_tokenizer, save_tokenizer, train_tokenizer
-from unlearn.data.world import WorldConfig, generate_world, pretraining_rows, retain_split_for, world_texts, write_world
 from unlearn.errors import ConfigError
 from unlearn.models.build import build_llama, count_parameters
-from unlearn.models.cache import build_cached, cache_key
 
-EMBEDDED_VERSION = 2
-"""Part of every cache key; bump when the world generator, tokenizer or training code changes results."""
-
-# Defaults, measured on 2 CPU cores (see WorldConfig): this 1.3M-parameter Llama reaches 95% greedy exact match
-# on the default world (1080 QA rows) in 20 epochs, ~53 s uncontended (~110 s with the cores shared). Higher
+# Defaults, measured on 2 CPU cores: this 1.3M-parameter Llama reaches 95% greedy exact match
+# on tofu_mini's default world (1080 QA rows) in 20 epochs, ~53 s uncontended (~110 s with the cores shared). Higher
 # learning rates, smaller batches and cosine decay did not reduce the epoch count (19-36 epochs).
 DEFAULT_ARCH: dict[str, Any] = {
     "vocab_size": 2048,
@@ -59,60 +48,8 @@ DEFAULT_TRAIN: dict[str, Any] = {
     "template": DEFAULT_TEMPLATE,
 }
 
-# The micro preset: a world and model small enough to build in seconds (tests, smoke runs), where the target
-# still memorises its training answers, so unlearning has something to remove.
-MICRO_WORLD: dict[str, Any] = {
-    "seed": 0,
-    "n_authors": 20,
-    "qa_per_author": 4,
-    "n_perturbed": 3,
-    "n_holdout_authors": 2,
-    "n_real_authors": 6,
-    "n_world_facts": 6,
-}
-MICRO_ARCH: dict[str, Any] = {
-    "vocab_size": 512,
-    "hidden_size": 64,
-    "num_layers": 2,
-    "num_heads": 2,
-    "intermediate_size": 128,
-    "max_position_embeddings": 128,
-}
-MICRO_PRETRAIN: dict[str, Any] = {
-    "lr": 3e-3,
-    "batch_size": 8,
-    "warmup_steps": 10,
-    "max_epochs": 150,
-    "min_epochs": 4,
-    "check_every": 2,
-    "target_exact_match": 0.95,
-}
 
 Log = Callable[[str], None]
-
-
-def micro_configs(forget_split: str = "forget10") -> tuple[dict[str, Any], dict[str, Any]]:
-    """(benchmark config, model config) of the micro tofu_mini benchmark, as `prepare_benchmark` takes them."""
-    bench = {"name": "tofu_mini", "forget_split": forget_split, "world": dict(MICRO_WORLD)}
-    model = {
-        "source": "embedded",
-        "arch": dict(MICRO_ARCH),
-        "pretrain": dict(MICRO_PRETRAIN),
-        "prompt": {"template": DEFAULT_TEMPLATE, "use_chat_template": False},
-    }
-    return bench, model
-
-
-@dataclass
-class EmbeddedModels:
-    """Paths of the prepared embedded benchmark (all inside the cache)."""
-
-    world_dir: Path
-    tokenizer_dir: Path
-    target_dir: Path
-    retain_dir: Path
-    target_info: dict[str, Any] = field(default_factory=dict)
-    retain_info: dict[str, Any] = field(default_factory=dict)
 
 
 def _merge(defaults: dict[str, Any], given: dict[str, Any] | None, key: str) -> dict[str, Any]:
@@ -318,7 +255,7 @@ def train_model(
 
 
 # ---------------------------------------------------------------------------------------------------- cache
-def _save_quietly(model: Any, directory: Path) -> None:
+def save_model_dir(model: Any, directory: Path) -> None:
     """save_pretrained (safetensors) without a progress bar for a one-shard file; restores the setting."""
     from transformers.utils import logging as hf_logging
 
@@ -330,83 +267,3 @@ def _save_quietly(model: Any, directory: Path) -> None:
         if bars_on:
             hf_logging.enable_progress_bar()
 
-
-def prepare_embedded(
-    world_cfg: WorldConfig,
-    arch: dict[str, Any] | None,
-    train: dict[str, Any] | None,
-    forget_split: str,
-    cache_dir: str | Path,
-    log: Log = print,
-) -> EmbeddedModels:
-    """Build (or reuse from `cache_dir`) the world, tokenizer, target model and the retain model of a split."""
-    world_cfg.validate()
-    arch = resolve_arch(arch)
-    train = resolve_train(train)
-    retain_split = retain_split_for(forget_split)
-    cache_dir = Path(cache_dir)
-    import tokenizers
-    import transformers
-
-    # Library versions are part of the key: a new torch/transformers can change training numerics.
-    versions = {
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-    }
-    world_spec = {"version": EMBEDDED_VERSION, "world": world_cfg.to_dict()}
-    tok_spec = {**world_spec, "vocab_size": arch["vocab_size"], "template": train["template"], "libs": versions}
-    model_spec = {**tok_spec, "arch": arch, "train": train}
-    target_spec = {**model_spec, "role": "target"}
-    retain_spec = {**model_spec, "role": "retain", "forget_split": forget_split}
-
-    world: dict[str, list[dict]] = {}
-
-    def get_world() -> dict[str, list[dict]]:
-        if not world:
-            world.update(generate_world(world_cfg))
-        return world
-
-    def build_world(tmp: Path) -> dict[str, Any]:
-        write_world(world_cfg, tmp)
-        return {"configs": {k: len(v) for k, v in get_world().items()}}
-
-    world_dir, _ = build_cached(cache_dir / "worlds" / cache_key(world_spec), build_world, world_spec, log)
-
-    def build_tok(tmp: Path) -> dict[str, Any]:
-        # Prompts are tokenised as whole formatted prompts and answers on their own (QAFormatter's exact
-        # boundary), so the tokenizer learns those very strings: "Question:" becomes one token, not five.
-        texts = [train["template"].format(question=q) for q in world_texts(get_world(), "questions")]
-        texts += world_texts(get_world(), "answers")
-        tok = train_tokenizer(texts, arch["vocab_size"], model_max_length=train["max_length"])
-        save_tokenizer(tok, tmp)
-        return {"vocab_size": len(tok)}
-
-    tok_dir, _ = build_cached(cache_dir / "tokenizers" / cache_key(tok_spec), build_tok, tok_spec, log)
-    tokenizer = load_trained_tokenizer(tok_dir)
-
-    def builder(role: str) -> Callable[[Path], dict[str, Any]]:
-        def build(tmp: Path) -> dict[str, Any]:
-            rows = pretraining_rows(get_world(), role, forget_split if role == "retain" else None)
-            log(
-                f"[embedded] training {role} model on {len(rows)} QA rows"
-                + (f" ({retain_split})" if role == "retain" else "")
-            )
-            model, info = train_model(rows, tokenizer, arch, train, log)
-            _save_quietly(model, tmp)
-            save_tokenizer(tokenizer, tmp)
-            log(
-                f"[embedded] {role}: exact match {info['exact_match']:.3f} after {info['epochs']} epochs, "
-                f"{info['train_seconds']:.0f}s, {info['param_count']} params"
-            )
-            return info
-
-        return build
-
-    target_dir, target_info = build_cached(
-        cache_dir / "models" / f"target-{cache_key(target_spec)}", builder("target"), target_spec, log
-    )
-    retain_dir, retain_info = build_cached(
-        cache_dir / "models" / f"{retain_split}-{cache_key(retain_spec)}", builder("retain"), retain_spec, log
-    )
-    return EmbeddedModels(world_dir, tok_dir, target_dir, retain_dir, target_info, retain_info)

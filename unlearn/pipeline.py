@@ -1,8 +1,14 @@
 """One unlearning experiment, start to finish, as a plain function of a resolved config.
 
 `run.py` is the Hydra front door; this module is the whole pipeline, callable from tests and scripts:
-validate -> prepare benchmark -> evaluate reference models (cached) -> unlearn -> evaluate -> write results.
-Nothing a user already has is overwritten: a run directory that already holds results is refused.
+
+    plan (validate everything) -> prepare the benchmark's Task -> evaluate the reference models (cached)
+    -> unlearn -> evaluate the unlearned model -> write results
+
+It knows no benchmark, loss, rule or metric by name: a `Benchmark` turns config into a `Task` (encoded forget and
+retain examples, reference models by role, evaluation data), `Evaluator`s turn a model into per-item tables and
+those into summaries, and the `Unlearner` runs any objective pair and direction rule on any backend. Nothing a user
+already has is overwritten: a run directory that already holds results is refused.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -22,11 +29,11 @@ import pandas as pd
 import torch
 import yaml
 
+from unlearn.benchmarks.base import Benchmark, Task, build_benchmark
 from unlearn.config import to_container, validate_required
-from unlearn.data.benchmarks import BENCHMARKS, prepare_benchmark
 from unlearn.directions import build_direction
 from unlearn.errors import ConfigError
-from unlearn.evals import build_evaluator
+from unlearn.evals.base import Evaluator, build_evaluators, merge_summaries, read_items, write_items
 from unlearn.loggers import LOGGERS
 from unlearn.models.build import load_model
 from unlearn.models.lora import apply_lora, resolve_lora
@@ -38,10 +45,13 @@ from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
 from unlearn.train.optim import make_optimizer_factory, make_scheduler
 
-EVAL_CACHE_VERSION = 1
+EVAL_CACHE_VERSION = 2
+"""Part of every cached reference evaluation's key; bump when the cache layout changes."""
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv")
+
+Items = dict[str, pd.DataFrame]  # evaluator name -> per-item table
 
 
 @dataclass
@@ -49,15 +59,17 @@ class Plan:
     """Everything built from the config before any model is loaded (so bad input fails fast)."""
 
     cfg: dict[str, Any]
+    benchmark: Benchmark
     forget_loss: Any
     retain_loss: Any
     rule: Any
     make_optimizer: Callable
     loop: LoopConfig
-    evaluator: Any
+    evaluators: list[Evaluator]
     logger: Any
     backend_name: str
     backend_kwargs: dict[str, Any]
+    optimize_metric: str | None
 
 
 def plan(cfg: Mapping[str, Any]) -> Plan:
@@ -65,7 +77,15 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     cfg = to_container(cfg)
     validate_required(cfg)
     resolve_lora(cfg["model"].get("lora"))
-    BENCHMARKS.get(cfg["benchmark"]["name"])
+    benchmark = build_benchmark(cfg["benchmark"], cfg["model"])
+    evaluators = build_evaluators(cfg["eval"])
+    for ev in evaluators:
+        if ev.data is not None and ev.data not in benchmark.provides:
+            raise ConfigError(f"eval.{ev.name}: benchmark {cfg['benchmark']['name']!r} has no {ev.data!r} "
+                              f"evaluation data (it provides: {', '.join(sorted(benchmark.provides)) or 'none'})")
+    metric = cfg.get("optimize_metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError(f"optimize_metric: expected a summary metric name or null, got {metric!r}")
     method, trainer = cfg["method"], dict(cfg["trainer"])
     backend_name = trainer.pop("backend")
     BACKENDS.get(backend_name)
@@ -73,15 +93,17 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(
         cfg=cfg,
+        benchmark=benchmark,
         forget_loss=build_objective(FORGET_LOSSES, method["forget"]),
         retain_loss=build_objective(RETAIN_LOSSES, method["retain"]),
         rule=build_direction(method["direction"]),
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
         loop=LoopConfig(seed=int(cfg.get("seed", 0)), **loop_kwargs),
-        evaluator=build_evaluator(cfg["eval"]),
+        evaluators=evaluators,
         logger=LOGGERS.build(cfg["logger"]["name"], **logger_cfg),
         backend_name=backend_name,
         backend_kwargs=trainer,
+        optimize_metric=metric,
     )
 
 
@@ -99,30 +121,54 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
 
 
-def evaluate_reference(
-    p: Plan, prepared: Any, path: str, cache_dir: Path, reference_forget_tr: np.ndarray | None, device: str
-) -> tuple[dict[str, float], pd.DataFrame, np.ndarray]:
-    """Evaluate a fixed model (target or retain), caching per-item results by model, data and eval settings."""
-    key = _hash({"v": EVAL_CACHE_VERSION, "model": str(path), "eval": p.cfg["eval"],
-                 "benchmark": p.cfg["benchmark"], "prompt": p.cfg["model"].get("prompt"),
-                 "ref_tr": None if reference_forget_tr is None else reference_forget_tr.tolist()})
-    entry = cache_dir / "evals" / key
-    if (entry / "items.jsonl").exists():
-        items = pd.read_json(entry / "items.jsonl", lines=True)
-        summary = json.loads((entry / "summary.json").read_text())
-        forget_tr = np.asarray(json.loads((entry / "forget_tr.json").read_text()), dtype=np.float64)
-        return summary, items, forget_tr
-    model = load_model(path, dtype=p.cfg["model"].get("dtype", "float32"),
-                       trust_remote_code=bool(p.cfg["model"].get("trust_remote_code", False))).to(device)
-    result = p.evaluator.evaluate(model, prepared.tokenizer, prepared.formatter, prepared.data, reference_forget_tr)
-    tmp = entry.with_name(entry.name + f".tmp{random.randrange(1 << 30)}")
-    tmp.mkdir(parents=True)
-    result.items.to_json(tmp / "items.jsonl", orient="records", lines=True)
-    _write_json(tmp / "summary.json", result.summary)
-    _write_json(tmp / "forget_tr.json", [float(x) for x in result.forget_tr])
-    if not entry.exists():
-        tmp.rename(entry)
-    return result.summary, result.items, np.asarray(result.forget_tr, dtype=np.float64)
+def _load(cfg: Mapping[str, Any], path: str) -> Any:
+    model_cfg = cfg["model"]
+    return load_model(path, dtype=model_cfg.get("dtype", "float32"),
+                      trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+
+
+# ---------------------------------------------------------------------------------------------------- references
+def evaluate_references(p: Plan, task: Task, roles: list[str], cache_dir: Path, device: str) -> dict[str, Items]:
+    """Per-item results of the reference models (role -> evaluator -> items), cached on disk.
+
+    A cache entry is keyed by everything the items depend on: the evaluator (name, version, settings), the model
+    (path, dtype) and the task's fingerprint (rendered prompts and scored answers). Entries are published
+    atomically, so parallel runs of a sweep never read a half-written one.
+    """
+    out: dict[str, Items] = {}
+    for role in roles:
+        path = task.models[role]
+        model = None
+        out[role] = {}
+        for ev in p.evaluators:
+            key = _hash({"v": EVAL_CACHE_VERSION, "evaluator": ev.name, "version": ev.version,
+                         "settings": ev.settings(), "model": str(path), "dtype": p.cfg["model"].get("dtype"),
+                         "task": task.fingerprint})
+            entry = cache_dir / "evals" / f"{ev.name}-{key}"
+            if (entry / "items.jsonl").exists():
+                out[role][ev.name] = read_items(entry / "items.jsonl")
+                continue
+            if model is None:
+                model = _load(p.cfg, path).to(device)
+            items = ev.evaluate(model, task)
+            tmp = entry.with_name(f".tmp-{entry.name}-{os.getpid()}-{random.randrange(1 << 30)}")
+            write_items(items, tmp / "items.jsonl")
+            _write_json(tmp / "info.json", {"evaluator": ev.name, "version": ev.version, "settings": ev.settings(),
+                                            "model": str(path), "role": role, "task": task.fingerprint})
+            if not entry.exists():
+                tmp.rename(entry)
+            out[role][ev.name] = read_items(entry / "items.jsonl")  # exactly what a later run will read
+        del model
+    return out
+
+
+def summarise(evaluators: list[Evaluator], items: Items, references: dict[str, Items]) -> dict[str, float]:
+    """The merged summary of one model from its items and the reference models' items."""
+    parts = {}
+    for ev in evaluators:
+        refs = {r: references[r][ev.name] for r in ev.uses if r in references}
+        parts[ev.name] = ev.summarise(items[ev.name], refs)
+    return merge_summaries(parts)
 
 
 def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mapping[str, Any], Path | None]:
@@ -163,54 +209,48 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     cache_dir = Path(p.cfg.get("cache_dir") or ".cache/unlearn").expanduser()
     seed_everything(p.loop.seed)
     log = print if console_print and main else (lambda *_: None)
+    method = p.cfg["method"]["name"]
 
-    # -- benchmark and models (rank 0 builds the cache, the others then read it) --------------------------------
+    # -- the task (rank 0 builds the cache, the others then read it) --------------------------------------------
     t0 = time.perf_counter()
     if main:
-        prepared = prepare_benchmark(p.cfg["benchmark"], p.cfg["model"], cache_dir, log=log)
+        task = p.benchmark.prepare(cache_dir, log)
     backend.barrier()
     if not main:
-        prepared = prepare_benchmark(p.cfg["benchmark"], p.cfg["model"], cache_dir, log=log)
+        task = p.benchmark.prepare(cache_dir, log)
+    for ev in p.evaluators:
+        ev.check(task)
     timings = {"prepare_seconds": time.perf_counter() - t0}
     device = str(backend.device)
-    model_cfg = p.cfg["model"]
-    model = load_model(prepared.target_path, dtype=model_cfg.get("dtype", "float32"),
-                       trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
+    model = _load(p.cfg, task.models["target"])
     loaded_dtype = next(model.parameters()).dtype  # mixed precision trains float32 masters; results go back to it
-    model = apply_lora(model, model_cfg.get("lora"))  # unchanged unless model.lora is set
+    model = apply_lora(model, p.cfg["model"].get("lora"))  # unchanged unless model.lora is set
 
-    # -- reference rows (Original and Retain): evaluated on rank 0, cached ---------------------------------------
-    rows: dict[str, dict[str, float]] = {}
-    reference_tr = None
+    # -- reference rows (Original, Retain): evaluated on rank 0, cached ------------------------------------------
     t0 = time.perf_counter()
-    if main and prepared.retain_path is not None:
-        retain_summary, _, reference_tr = evaluate_reference(
-            p, prepared, prepared.retain_path, cache_dir, None, device)
-        rows["Retain"] = {**retain_summary, "forget_quality": 1.0}  # KS of a sample against itself
-    if main and p.cfg.get("eval_reference_models", True):
-        rows["Original"], _, _ = evaluate_reference(p, prepared, prepared.target_path, cache_dir, reference_tr, device)
+    used = {r for ev in p.evaluators for r in ev.uses}
+    shown = list(task.models) if p.cfg.get("eval_reference_models", True) else []
+    roles = [r for r in task.models if r in used or r in shown]
+    references = evaluate_references(p, task, roles, cache_dir, device) if main else {}
+    rows = {task.role_names.get(r, r): summarise(p.evaluators, references[r], references) for r in shown if main}
     timings["reference_eval_seconds"] = time.perf_counter() - t0
     backend.barrier()
 
-    # -- unlearn --------------------------------------------------------------------------------------------
+    # -- unlearn ------------------------------------------------------------------------------------------------
     needs_ref = p.forget_loss.needs_ref or p.retain_loss.needs_ref
     ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_ref else None
-    fmt = prepared.formatter
-    forget_ex = [fmt.encode(r["question"], r["answer"]) for r in prepared.data.forget]
-    retain_ex = [fmt.encode(r["question"], r["answer"]) for r in prepared.data.retain]
     opt_cfg = p.cfg["optimizer"]
     unlearner = Unlearner(
         model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule, backend=backend,
         make_optimizer=p.make_optimizer, make_scheduler=lambda opt, n: make_scheduler(opt, opt_cfg, n),
-        collate=fmt.collate, cfg=p.loop, ref_model=ref_model,
+        collate=task.collate, cfg=p.loop, ref_model=ref_model,
     )
     resume_step = None if resume_from is None else int(resume_from.name.split("-")[1])
     writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step) if main else None
     if main:
         p.logger.start(p.cfg, run_dir)
-    log(f"[unlearn] {p.cfg['method']['name']} on {p.cfg['benchmark']['name']}/{p.cfg['benchmark']['forget_split']}: "
-        f"{len(forget_ex)} forget, {len(retain_ex)} retain examples, "
-        f"{p.loop.total_steps(len(forget_ex))} steps, {backend.world_size} process(es) -> {run_dir}")
+    log(f"[unlearn] {method} on {task.benchmark}/{task.tag}: {len(task.forget)} forget, {len(task.retain)} retain "
+        f"examples, {p.loop.total_steps(len(task.forget))} steps, {backend.world_size} process(es) -> {run_dir}")
 
     def on_step(row: dict[str, float]) -> None:
         if writer is not None:
@@ -219,7 +259,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
 
     t0 = time.perf_counter()
     try:
-        unlearner.run(forget_ex, retain_ex, on_step=on_step, checkpoint_dir=run_dir / "checkpoints",
+        unlearner.run(task.forget, task.retain, on_step=on_step, checkpoint_dir=run_dir / "checkpoints",
                       resume_from=resume_from)
     finally:
         if writer is not None:
@@ -230,32 +270,37 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
         backend.barrier()
         return {}
 
-    # -- evaluate the unlearned model (rank 0) -----------------------------------------------------------------
+    # -- evaluate the unlearned model (rank 0) -------------------------------------------------------------------
     assert trained is not None
     steps = pd.read_csv(run_dir / "diagnostics.csv")["step"].tolist()
     t0 = time.perf_counter()
-    # Evaluated and saved in the dtype it was loaded in, like the Original and Retain rows (mixed precision
-    # upcast the trained weights to float32 masters).
+    # Evaluated and saved in the dtype it was loaded in, like the reference rows (mixed precision upcast the
+    # trained weights to float32 masters).
     trained = trained.to(device=device, dtype=loaded_dtype)
-    result = p.evaluator.evaluate(trained, prepared.tokenizer, fmt, prepared.data, reference_tr)
+    items = {ev.name: ev.evaluate(trained, task) for ev in p.evaluators}
+    result = summarise(p.evaluators, items, references)
     timings["eval_seconds"] = time.perf_counter() - t0
-    result.items.to_json(run_dir / "items.jsonl", orient="records", lines=True)
-    summary = {**{k: float(v) for k, v in result.summary.items()}, "steps": float(len(steps)), **timings}
-    rows[p.cfg["method"]["name"]] = result.summary
-    _write_json(run_dir / "references.json", {k: v for k, v in rows.items() if k in ("Original", "Retain")})
+    for name, table in items.items():
+        write_items(table, run_dir / "items" / f"{name}.jsonl")
+    summary = {**result, "steps": float(len(steps)), **timings}
+    rows[method] = result
+    _write_json(run_dir / "references.json", {k: v for k, v in rows.items() if k != method})
     _write_json(run_dir / "summary.json", summary)
-    frame = summary_frame({k: rows[k] for k in ("Original", "Retain", p.cfg["method"]["name"]) if k in rows})
+    columns = [c for ev in p.evaluators for c in ev.headline]
+    frame = summary_frame(rows, columns)
     frame.to_csv(run_dir / "table.csv")
     if p.cfg.get("save_model"):
         # A LoRA model is merged so the saved directory is a plain model that loads without peft.
         to_save = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained
         to_save.save_pretrained(run_dir / "model", safe_serialization=True)
-        prepared.tokenizer.save_pretrained(run_dir / "model")
+        task.tokenizer.save_pretrained(run_dir / "model")
     p.logger.summary(summary)
     p.logger.finish()
     if console_print:
-        print_table(frame, title=f"{p.cfg['method']['name']} on {p.cfg['benchmark']['name']} "
-                                 f"{p.cfg['benchmark']['forget_split']} (seed {p.loop.seed})")
+        print_table(frame, title=f"{method} on {task.benchmark} {task.tag} (seed {p.loop.seed})")
         log(f"[unlearn] results in {run_dir}")
+    if p.optimize_metric is not None and p.optimize_metric not in summary:
+        raise ConfigError(f"optimize_metric: {p.optimize_metric!r} is not in this run's summary; it has "
+                          f"{', '.join(sorted(summary))}")
     backend.barrier()
     return summary

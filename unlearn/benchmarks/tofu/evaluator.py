@@ -7,7 +7,7 @@ forget quality, a subset of items, a new table layout) without running a model a
 guaranteed to report exactly what `summarise` computes.
 
 Per split (TOFU reference evaluation, locuslab/tofu `config/eval_everything.yaml` + `aggregate_stat_eval.py`,
-with the definitions of design.md section 3):
+with the definitions of docs/metrics.md#tofu):
 
 | split        | data field   | prob                    | truth-ratio base   | TR aggregation      |
 |--------------|--------------|-------------------------|--------------------|---------------------|
@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,12 +34,12 @@ from numpy.typing import ArrayLike
 
 from unlearn.errors import ConfigError, DataError
 from unlearn.evals import metrics
-from unlearn.evals.registry import EVALUATORS
+from unlearn.evals.base import EVALUATORS, Evaluator
 from unlearn.evals.scoring import answer_nll, greedy_generate
 
 if TYPE_CHECKING:
+    from unlearn.benchmarks.base import Task
     from unlearn.data.format import QAFormatter
-    from unlearn.data.tofu import TofuData
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +78,7 @@ ITEM_COLUMNS: tuple[str, ...] = (
 )
 
 
-@dataclass
-class TofuEvalResult:
-    """What one TOFU evaluation produces.
-
-    Attributes:
-        summary: aggregated numbers (see `summarise`).
-        items: one row per (split, item) with the columns in `ITEM_COLUMNS`.
-        forget_tr: raw per-question truth ratios on the forget split, in item order. A retain model's
-            evaluation supplies these as `reference_forget_tr` to every other model's forget quality.
-    """
-
-    summary: dict[str, float]
-    items: pd.DataFrame
-    forget_tr: np.ndarray
-
-
-def summarise(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = None) -> dict[str, float]:
+def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = None) -> dict[str, float]:
     """Recompute the TOFU summary from a per-item table alone.
 
     Reads only the per-item metric columns `split`, `idx`, `prob`, `prob_normalised`, `rouge` and
@@ -157,7 +140,8 @@ def _positive_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-class TofuEvaluator:
+@EVALUATORS.register("tofu")
+class TofuEvaluator(Evaluator):
     """Evaluates a model on the four TOFU splits; configured by `configs/eval/tofu.yaml`.
 
     Args:
@@ -169,6 +153,11 @@ class TofuEvaluator:
     """
 
     name = "tofu"
+    version = 1
+    data = "tofu"
+    uses = ("retain",)
+    headline = ("forget_quality", "forget_truth_ratio", "model_utility", "forget_rouge", "forget_prob",
+                "retain_rouge", "retain_prob")
 
     def __init__(
         self,
@@ -178,44 +167,29 @@ class TofuEvaluator:
         rouge_stemmer: bool = True,
     ) -> None:
         if not _positive_int(batch_size):
-            raise ConfigError(f"eval.batch_size: must be a positive integer, got {batch_size!r}")
+            raise ConfigError(f"eval.tofu.batch_size: must be a positive integer, got {batch_size!r}")
         if not _positive_int(max_new_tokens):
-            raise ConfigError(f"eval.max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
+            raise ConfigError(f"eval.tofu.max_new_tokens: must be a positive integer, got {max_new_tokens!r}")
         if max_items_per_split is not None and not _positive_int(max_items_per_split):
             raise ConfigError(
-                f"eval.max_items_per_split: must be a positive integer or null, got {max_items_per_split!r}"
+                f"eval.tofu.max_items_per_split: must be a positive integer or null, got {max_items_per_split!r}"
             )
         if not isinstance(rouge_stemmer, bool):
-            raise ConfigError(f"eval.rouge_stemmer: must be true or false, got {rouge_stemmer!r}")
+            raise ConfigError(f"eval.tofu.rouge_stemmer: must be true or false, got {rouge_stemmer!r}")
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_items_per_split = max_items_per_split
         self.rouge_stemmer = rouge_stemmer
 
-    summarise = staticmethod(summarise)
+    def settings(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.max_new_tokens, "max_items_per_split": self.max_items_per_split,
+                "rouge_stemmer": self.rouge_stemmer}
 
-    def evaluate(
-        self,
-        model: Any,
-        tokenizer: Any,
-        formatter: QAFormatter,
-        data: TofuData,
-        reference_forget_tr: ArrayLike | None = None,
-    ) -> TofuEvalResult:
-        """Score every split, then aggregate with `summarise`.
-
-        `reference_forget_tr` is the retain model's `forget_tr`; forget quality is reported only when it is
-        given (the retain model's own run has no reference). With `max_items_per_split`, the reference must
-        come from a run with the same setting, since KS compares the same questions' distributions.
-        """
-        if reference_forget_tr is not None:
-            # Fail before the expensive model work, not after it.
-            ref = np.asarray(reference_forget_tr, dtype=np.float64)
-            if ref.ndim != 1 or ref.size == 0 or not np.all(np.isfinite(ref)):
-                raise ValueError(
-                    f"reference_forget_tr must be a non-empty 1-D array of finite truth ratios, got shape "
-                    f"{ref.shape}"
-                )
+    def evaluate(self, model: Any, task: Task) -> pd.DataFrame:
+        """Score every split: the per-item table (columns `ITEM_COLUMNS`)."""
+        data = task.eval_data["tofu"]
+        if task.formatter is None:
+            raise ConfigError(f"eval.tofu: benchmark {task.benchmark!r} has no prompt formatter")
         frames = []
         for split, field in SPLITS.items():
             rows = list(getattr(data, field))
@@ -224,11 +198,18 @@ class TofuEvaluator:
             if not rows:
                 raise DataError(f"TOFU {field}: no rows; all four TOFU splits are needed for the summary")
             start = time.perf_counter()
-            frames.append(self.score_split(model, tokenizer, formatter, split, rows))
+            frames.append(self.score_split(model, task.tokenizer, task.formatter, split, rows))
             log.info("tofu eval %s: %d items in %.1fs", split, len(rows), time.perf_counter() - start)
-        items = pd.concat(frames, ignore_index=True)
-        forget_tr = items.loc[items["split"] == "forget", "truth_ratio"].to_numpy(dtype=np.float64)
-        return TofuEvalResult(summary=summarise(items, reference_forget_tr), items=items, forget_tr=forget_tr)
+        return pd.concat(frames, ignore_index=True)
+
+    def summarise(self, items: pd.DataFrame, references: Mapping[str, pd.DataFrame]) -> dict[str, float]:
+        """`summarise_tofu`, with forget quality against the retain model's forget truth ratios when it exists.
+
+        With `max_items_per_split`, the retain model was evaluated with the same setting (it is part of the
+        cache key), so KS compares the same questions' distributions.
+        """
+        ref = references.get("retain")
+        return summarise_tofu(items, None if ref is None else forget_truth_ratios(ref))
 
     def score_split(
         self,
@@ -297,6 +278,7 @@ class TofuEvaluator:
         )
 
 
-@EVALUATORS.register("tofu")
-def _build_tofu(**kwargs: Any) -> TofuEvaluator:
-    return TofuEvaluator(**kwargs)
+def forget_truth_ratios(items: pd.DataFrame) -> np.ndarray:
+    """The raw per-question truth ratios of the forget split, in item order (forget quality's KS sample)."""
+    sub = items[items["split"] == "forget"].sort_values("idx")
+    return sub["truth_ratio"].to_numpy(dtype=np.float64)

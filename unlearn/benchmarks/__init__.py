@@ -1,0 +1,10 @@
+"""Benchmarks: each subpackage holds one benchmark's loader, embedded world, evaluator and registration.
+
+Importing this package registers every benchmark (in `BENCHMARKS`) and every benchmark-specific evaluator (in
+`unlearn.evals.EVALUATORS`).
+"""
+
+from unlearn.benchmarks import tofu as _tofu  # noqa: F401  (registers tofu, tofu_mini and the tofu evaluator)
+from unlearn.benchmarks.base import BENCHMARKS, Benchmark, Task, build_benchmark, prepare_benchmark
+
+__all__ = ["BENCHMARKS", "Benchmark", "Task", "build_benchmark", "prepare_benchmark"]
