@@ -1,4 +1,4 @@
-"""Weighted sum, NGDiff and BLUR (design.md section 2), each a linear rule on the Gram matrix."""
+"""Weighted sum, NGDiff and BLUR (docs/methods.md#direction-rules), each a linear rule on the Gram matrix."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Everything here works on numbers already computed from a model (per-item mean token NLLs, generated strings),
 so each function can be checked against hand arithmetic and tables can be re-aggregated without re-running a
-model. Definitions follow design.md section 3, which follows the TOFU paper (Maini et al., 2024) and the
+model. Definitions are in docs/metrics.md#tofu, which follows the TOFU paper (Maini et al., 2024) and the
 open-unlearning reference implementation.
 
 Conventions:
@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 from rouge_score import rouge_scorer
 from scipy import special, stats
 
-# The nine numbers whose harmonic mean is TOFU's model utility (design.md section 3): on the retain,
+# The nine numbers whose harmonic mean is TOFU's model utility (docs/metrics.md#model-utility): on the retain,
 # real-authors and world-facts splits, each of probability, ROUGE-L recall and truth ratio.
 UTILITY_SPLITS: tuple[str, ...] = ("retain", "real_authors", "world_facts")
 UTILITY_STATS: tuple[str, ...] = ("prob", "rouge", "truth_ratio")
@@ -50,7 +50,7 @@ def _rows(nll_perturbed: ArrayLike | Sequence[Sequence[float]], n: int, name: st
 
 
 def prob_from_nll(mean_nll: ArrayLike) -> np.ndarray:
-    """Probability of an answer, `exp(-mean token NLL)` (design.md section 3, "Prob").
+    """Probability of an answer, `exp(-mean token NLL)` (docs/metrics.md#prob).
 
     The mean (not the sum) makes answers of different lengths comparable: it is the geometric mean of the
     per-token probabilities.
@@ -61,7 +61,7 @@ def prob_from_nll(mean_nll: ArrayLike) -> np.ndarray:
 def normalised_prob(nll_true: ArrayLike, nll_perturbed: ArrayLike | Sequence[Sequence[float]]) -> np.ndarray:
     """Per-item normalised probability `p_true / (p_true + sum_j p_perturbed_j)`, `p = exp(-mean NLL)`.
 
-    TOFU uses this for real-authors and world-facts (design.md section 3, model utility), where the question
+    TOFU uses this for real-authors and world-facts (docs/metrics.md#normalised-prob), where the question
     is effectively multiple choice: the raw probability of a short factual answer says little on its own, its
     share against the wrong options says whether the model prefers the truth.
 
@@ -81,7 +81,7 @@ def truth_ratio(
 ) -> np.ndarray:
     """Raw per-question TOFU truth ratio `TR = exp(-mean_j L(perturbed_j)) / exp(-L(paraphrased))`.
 
-    L is the mean token NLL (design.md section 3). The numerator is the geometric mean over perturbed answers
+    L is the mean token NLL (docs/metrics.md#truth-ratio). The numerator is the geometric mean over perturbed answers
     of their (length-normalised) probabilities, so TR < 1 means the model prefers the paraphrased true answer
     to the wrong ones. Computed in log space as `exp(L(para) - mean_j L(pert_j))`.
     """
@@ -92,7 +92,7 @@ def truth_ratio(
 
 
 def forget_truth_ratio(tr: ArrayLike) -> float:
-    """Forget-set truth ratio statistic `mean(min(TR, 1/TR))` (design.md section 3).
+    """Forget-set truth ratio statistic `mean(min(TR, 1/TR))` (docs/metrics.md#forget-truth-ratio).
 
     On the forget set the ideal model is indifferent between true and false answers (TR near 1), so the
     statistic folds TR and 1/TR together: 1 is best, and both a strong preference for the truth (memorised)
@@ -105,7 +105,7 @@ def forget_truth_ratio(tr: ArrayLike) -> float:
 
 
 def retain_truth_ratio(tr: ArrayLike) -> float:
-    """Retain / real-authors / world-facts truth ratio statistic `mean(max(0, 1 - TR))` (design.md section 3).
+    """Retain / real-authors / world-facts truth ratio statistic `mean(max(0, 1 - TR))` (docs/metrics.md#retain-truth-ratio).
 
     Here the model should prefer the truth (TR small), so 1 - TR rewards it, clipped at 0 for items where the
     model prefers the wrong answers.
@@ -117,7 +117,7 @@ def retain_truth_ratio(tr: ArrayLike) -> float:
 
 
 def forget_quality(tr_unlearned_forget: ArrayLike, tr_retain_model_forget: ArrayLike) -> float:
-    """TOFU forget quality, `ks_2samp(TR_unlearned, TR_retain_model).pvalue` (design.md section 3).
+    """TOFU forget quality, `ks_2samp(TR_unlearned, TR_retain_model).pvalue` (docs/metrics.md#forget-quality).
 
     Both arguments are raw per-question truth ratios on the forget set; the second comes from the retain
     ("retrain") model, the gold standard of a model that never saw the forget set. A high p-value means the
@@ -149,7 +149,7 @@ def rouge_l_recall(
 ) -> list[float]:
     """Per-item ROUGE-L recall, `LCS(prediction, reference) / len(reference)` in tokens.
 
-    TOFU's choice (design.md section 3): recall asks how much of the true answer the greedy generation
+    TOFU's choice (docs/metrics.md#rouge-l-recall): recall asks how much of the true answer the greedy generation
     reproduces, without penalising a longer generation. Stemming on by default, as in TOFU.
     """
     return _rouge_l(predictions, references, use_stemmer, "recall")
@@ -158,7 +158,7 @@ def rouge_l_recall(
 def rouge_l_f1(
     predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = False
 ) -> list[float]:
-    """Per-item ROUGE-L F1 — MUSE's variant (design.md section 3: F1, no stemming)."""
+    """Per-item ROUGE-L F1 — MUSE's variant (docs/metrics.md#muse-rouge: F1, no stemming)."""
     return _rouge_l(predictions, references, use_stemmer, "fmeasure")
 
 
@@ -166,7 +166,7 @@ def model_utility(values: Mapping[str, float]) -> float:
     """TOFU model utility: `scipy.stats.hmean` of the nine numbers in `MODEL_UTILITY_KEYS`.
 
     Keys are `{split}_{stat}` for split in retain, real_authors, world_facts and stat in prob (normalised for
-    real_authors and world_facts), rouge, truth_ratio (the `max(0, 1-TR)` mean) — design.md section 3.
+    real_authors and world_facts), rouge, truth_ratio (the `max(0, 1-TR)` mean) — docs/metrics.md#model-utility.
     The harmonic mean is dominated by the smallest value: if any of the nine is 0 the utility is 0 (scipy
     returns 0 in that case), by design, so a model cannot buy utility on one axis by destroying another.
     Extra keys are ignored; a missing key raises ValueError naming it.

@@ -1,4 +1,4 @@
-"""Forget losses: GA, NPO, SimNPO (design.md section 2). Minimising each pushes the forget answers down."""
+"""Forget losses: GA, NPO, SimNPO (docs/methods.md#forget-losses). Minimising each pushes the forget answers down."""
 
 from __future__ import annotations
 

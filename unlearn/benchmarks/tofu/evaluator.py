@@ -6,7 +6,7 @@ is a pure function of the table, saved tables can be re-aggregated later (a diff
 forget quality, a subset of items, a new table layout) without running a model again, and `evaluate` is
 guaranteed to report exactly what `summarise` computes.
 
-Per split (TOFU reference evaluation, locuslab/tofu `config/eval_everything.yaml` + `aggregate_stat_eval.py`,
+Per split (TOFU reference evaluation, locuslab/tofu `config/eval_everything.yaml` + `aggregate_eval_stat.py`,
 with the definitions of docs/metrics.md#tofu):
 
 | split        | data field   | prob                    | truth-ratio base   | TR aggregation      |
