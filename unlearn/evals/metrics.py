@@ -105,7 +105,9 @@ def forget_truth_ratio(tr: ArrayLike) -> float:
 
 
 def retain_truth_ratio(tr: ArrayLike) -> float:
-    """Retain / real-authors / world-facts truth ratio statistic `mean(max(0, 1 - TR))` (docs/metrics.md#retain-truth-ratio).
+    """Retain / real-authors / world-facts truth ratio statistic `mean(max(0, 1 - TR))`.
+
+    Definition: docs/metrics.md#retain-truth-ratio.
 
     Here the model should prefer the truth (TR small), so 1 - TR rewards it, clipped at 0 for items where the
     model prefers the wrong answers.

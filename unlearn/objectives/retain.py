@@ -1,4 +1,4 @@
-"""Retain losses: NLL and KL to the reference (docs/methods.md#retain-losses). Minimising each keeps retain knowledge."""
+"""Retain losses, NLL and KL to the reference (docs/methods.md#retain-losses): each keeps retain knowledge."""
 
 from __future__ import annotations
 
