@@ -167,54 +167,53 @@ def _lr_lambda(warmup_steps: int, decay_steps: int, min_ratio: float) -> Callabl
     return factor
 
 
-def train_model(
-    rows: Sequence[dict[str, str]],
-    tokenizer: Any,
-    arch: dict[str, Any],
-    train: dict[str, Any],
-    log: Log = print,
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train a fresh Llama on `rows` until greedy exact match reaches the target (or max_epochs).
-
-    Loss is on answer tokens only (the formatter masks the prompt), as TOFU fine-tuning does: the models must
-    know the answers, not learn to produce questions.
-    """
-    formatter = QAFormatter(tokenizer, template=train["template"], max_length=train["max_length"])
-    encoded = [formatter.encode(r["question"], r["answer"]) for r in rows]
-    for row, enc in zip(rows, encoded, strict=True):
-        if enc["input_ids"][-1] != formatter.eos_id:
-            # A cut answer can never be reproduced in full: exact match would be measured on a prefix.
-            raise ConfigError(
-                f"model.pretrain.max_length: {train['max_length']} truncates the training example "
-                f"{row['question'][:60]!r}; raise it"
-            )
-    model = build_llama(
+def new_model(tokenizer: Any, arch: dict[str, Any], seed: int, max_length: int = 0) -> torch.nn.Module:
+    """A randomly initialised Llama of shape `arch` for `tokenizer` (float32, reproducible in `seed`)."""
+    return build_llama(
         vocab_size=len(tokenizer),
         hidden_size=arch["hidden_size"],
         num_layers=arch["num_layers"],
         num_heads=arch["num_heads"],
         intermediate_size=arch["intermediate_size"],
-        max_position_embeddings=max(arch["max_position_embeddings"], train["max_length"]),
-        seed=train["seed"],
+        max_position_embeddings=max(arch["max_position_embeddings"], max_length),
+        seed=seed,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def train_stage(
+    model: torch.nn.Module,
+    examples: Sequence[dict[str, list[int]]],
+    collate: Callable[[Sequence[dict[str, list[int]]]], dict[str, torch.Tensor]],
+    train: dict[str, Any],
+    until: Callable[[torch.nn.Module], float] | None = None,
+    log: Log = print,
+    stage: str = "train",
+) -> dict[str, Any]:
+    """One training stage: AdamW over shuffled epochs of `examples` (loss on their labelled tokens).
+
+    With `until` (a score of the model, e.g. exact match) the stage stops once the score reaches
+    `train["target_exact_match"]`, checked every `check_every` epochs from `min_epochs` on; without it, the stage
+    runs `max_epochs` epochs (a pretraining stage on a corpus, say). Deterministic in `train["seed"]`: the data
+    order comes from its own generator. Several stages in a row (pretrain, then fine-tune) share one model.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"])
     gen = torch.Generator().manual_seed(train["seed"])
     bs = train["batch_size"]
-    steps_per_epoch = math.ceil(len(encoded) / bs)
+    steps_per_epoch = math.ceil(len(examples) / bs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(train["warmup_steps"], train["decay_epochs"] * steps_per_epoch, train["min_lr_ratio"])
     )
     start, cpu_start = time.perf_counter(), time.process_time()
-    exact, epoch, history = 0.0, 0, []
+    score, epoch, history = float("nan"), 0, []
     model.train()
     for epoch in range(1, train["max_epochs"] + 1):
-        order = torch.randperm(len(encoded), generator=gen).tolist()
+        order = torch.randperm(len(examples), generator=gen).tolist()
         total = 0.0
         for s in range(steps_per_epoch):
-            batch = formatter.collate([encoded[j] for j in order[s * bs : (s + 1) * bs]])
+            batch = collate([examples[j] for j in order[s * bs : (s + 1) * bs]])
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -223,34 +222,84 @@ def train_model(
             total += float(loss.detach())
         last = epoch == train["max_epochs"]
         if epoch >= train["min_epochs"] and (epoch % train["check_every"] == 0 or last):
-            exact = teacher_forced_exact_match(model, formatter, encoded)
-            history.append({"epoch": epoch, "loss": total / steps_per_epoch, "exact_match": exact})
-            log(
-                f"  epoch {epoch}: loss {total / steps_per_epoch:.4f}, exact match {exact:.3f} "
-                f"({time.perf_counter() - start:.0f}s)"
-            )
-            if exact >= train["target_exact_match"]:
+            row: dict[str, Any] = {"epoch": epoch, "loss": total / steps_per_epoch}
+            if until is not None:
+                score = until(model)
+                row["exact_match"] = score
+            history.append(row)
+            log(f"  [{stage}] epoch {epoch}: loss {row['loss']:.4f}"
+                + (f", exact match {score:.3f}" if until is not None else "")
+                + f" ({time.perf_counter() - start:.0f}s)")
+            if until is not None and score >= train["target_exact_match"]:
                 break
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     model.eval()
+    return {
+        "epochs": epoch,
+        "score": score,
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "train_cpu_seconds": round(time.process_time() - cpu_start, 2),
+        "n_examples": len(examples),
+        "history": history,
+    }
+
+
+def encode_qa(rows: Sequence[dict[str, str]], formatter: QAFormatter, key: str) -> list[dict[str, list[int]]]:
+    """Encode QA rows for training; a cut answer is a ConfigError naming `key` (it could never be reproduced)."""
+    encoded = [formatter.encode(r["question"], r["answer"]) for r in rows]
+    for row, enc in zip(rows, encoded, strict=True):
+        if enc["input_ids"][-1] != formatter.eos_id:
+            # A cut answer can never be reproduced in full: exact match would be measured on a prefix.
+            raise ConfigError(
+                f"{key}: {formatter.max_length} truncates the training example {row['question'][:60]!r}; raise it"
+            )
+    return encoded
+
+
+def fit_qa(
+    model: torch.nn.Module,
+    rows: Sequence[dict[str, str]],
+    formatter: QAFormatter,
+    train: dict[str, Any],
+    log: Log = print,
+    stage: str = "qa",
+) -> dict[str, Any]:
+    """Train `model` on QA rows (loss on answer tokens) until greedy exact match reaches the target.
+
+    Loss is on answer tokens only (the formatter masks the prompt), as TOFU fine-tuning does: the models must
+    know the answers, not learn to produce questions. Stops on teacher-forced exact match (one forward pass,
+    equal to greedy exact match), then confirms with real greedy decoding.
+    """
+    encoded = encode_qa(rows, formatter, "model.pretrain.max_length")
+    info = train_stage(model, encoded, formatter.collate, train,
+                       until=lambda m: teacher_forced_exact_match(m, formatter, encoded), log=log, stage=stage)
     check_start = time.perf_counter()
     greedy = greedy_exact_match(model, formatter, rows)
-    check_seconds = time.perf_counter() - check_start
-    info = {
+    info.update({
         "exact_match": greedy,
-        "exact_match_teacher_forced": exact,
+        "exact_match_teacher_forced": info.pop("score"),
         "reached_target": greedy >= train["target_exact_match"],
-        "epochs": epoch,
-        "train_seconds": round(seconds, 2),
-        "train_cpu_seconds": round(cpu_seconds, 2),
-        "greedy_check_seconds": round(check_seconds, 2),
+        "greedy_check_seconds": round(time.perf_counter() - check_start, 2),
         "n_rows": len(rows),
-        "param_count": count_parameters(model),
-        "history": history,
-        "torch_threads": torch.get_num_threads(),
-    }
+    })
     if not info["reached_target"]:
-        log(f"  WARNING: exact match {greedy:.3f} < target {train['target_exact_match']} after {epoch} epochs")
+        log(f"  WARNING: exact match {greedy:.3f} < target {train['target_exact_match']} after {info['epochs']} "
+            "epochs")
+    return info
+
+
+def train_model(
+    rows: Sequence[dict[str, str]],
+    tokenizer: Any,
+    arch: dict[str, Any],
+    train: dict[str, Any],
+    log: Log = print,
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a fresh Llama on `rows` until greedy exact match reaches the target (or max_epochs)."""
+    formatter = QAFormatter(tokenizer, template=train["template"], max_length=train["max_length"])
+    model = new_model(tokenizer, arch, train["seed"], train["max_length"])
+    info = fit_qa(model, rows, formatter, train, log=log, stage="train")
+    info["param_count"] = count_parameters(model)
+    info["torch_threads"] = torch.get_num_threads()
     return model, info
 
 
