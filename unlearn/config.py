@@ -66,7 +66,7 @@ def validate_required(cfg: Mapping[str, Any]) -> None:
         for key in keys:
             if section.get(key) is None:
                 raise ConfigError(f"{group}.{key}: missing required key")
-    if not isinstance(cfg.get("eval"), Mapping) or not cfg["eval"]:
+    if not isinstance(cfg.get("eval"), Mapping):
         raise ConfigError("eval: missing config group (choose evaluators with `eval=<name>` or `eval=[a,b]`)")
     for part in ("forget", "retain", "direction"):
         if not isinstance(cfg["method"][part], Mapping) or "name" not in cfg["method"][part]:

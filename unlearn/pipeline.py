@@ -44,12 +44,13 @@ from unlearn.train.checkpoint import latest_checkpoint
 from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
 from unlearn.train.optim import make_optimizer_factory, make_scheduler
+from unlearn.train.trajectory import Schedule, TrajectoryWriter
 
 EVAL_CACHE_VERSION = 2
 """Part of every cached reference evaluation's key; bump when the cache layout changes."""
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
-RESULT_FILES = ("summary.json", "diagnostics.csv")
+RESULT_FILES = ("summary.json", "diagnostics.csv", "trajectory.jsonl")
 
 Items = dict[str, pd.DataFrame]  # evaluator name -> per-item table
 
@@ -70,6 +71,7 @@ class Plan:
     backend_name: str
     backend_kwargs: dict[str, Any]
     optimize_metric: str | None
+    schedule: Schedule
 
 
 def plan(cfg: Mapping[str, Any]) -> Plan:
@@ -104,6 +106,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
         backend_name=backend_name,
         backend_kwargs=trainer,
         optimize_metric=metric,
+        schedule=Schedule.from_config(cfg["eval"].get("every"), cfg["eval"].get("every_unit", "epoch")),
     )
 
 
@@ -169,6 +172,22 @@ def summarise(evaluators: list[Evaluator], items: Items, references: dict[str, I
         refs = {r: references[r][ev.name] for r in ev.uses if r in references}
         parts[ev.name] = ev.summarise(items[ev.name], refs)
     return merge_summaries(parts)
+
+
+def evaluate_now(p: Plan, task: Task, model: Any, dtype: torch.dtype, references: dict[str, Items]
+                 ) -> dict[str, float]:
+    """The summary of the model being unlearned, mid-run, in the dtype results are reported in.
+
+    Under mixed precision the live model holds float32 masters: it is evaluated as a copy cast to the loaded dtype,
+    so training continues on untouched weights. RNG state is restored afterwards, so evaluating never changes the
+    steps that follow (a run with `eval.every` takes the same steps as one without).
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = getattr(model, "module", model)
+        if next(model.parameters()).dtype != dtype:
+            model = copy.deepcopy(model).to(dtype=dtype)
+        items = {ev.name: ev.evaluate(model, task) for ev in p.evaluators}
+    return summarise(p.evaluators, items, references)
 
 
 def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mapping[str, Any], Path | None]:
@@ -247,15 +266,33 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     )
     resume_step = None if resume_from is None else int(resume_from.name.split("-")[1])
     writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step) if main else None
+    total = p.loop.total_steps(len(task.forget))
+    steps_per_epoch = -(-len(task.forget) // p.loop.batch_size)
+    eval_steps = p.schedule.steps(total, steps_per_epoch)
+    trajectory = None
+    if main and eval_steps:
+        trajectory = TrajectoryWriter(run_dir / "trajectory.jsonl", resume_after_step=resume_step)
+        if resume_step is None:  # step 0: the target model, as the Original row when it was evaluated
+            start = rows.get(task.role_names.get("target", "target"))
+            trajectory.write({"step": 0, "epoch": 0.0,
+                              **(start or evaluate_now(p, task, model, loaded_dtype, references))})
     if main:
         p.logger.start(p.cfg, run_dir)
     log(f"[unlearn] {method} on {task.benchmark}/{task.tag}: {len(task.forget)} forget, {len(task.retain)} retain "
-        f"examples, {p.loop.total_steps(len(task.forget))} steps, {backend.world_size} process(es) -> {run_dir}")
+        f"examples, {total} steps, {backend.world_size} process(es) -> {run_dir}")
 
     def on_step(row: dict[str, float]) -> None:
+        step = int(row["step"])
         if writer is not None:
             writer.write(row)
-            p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=int(row["step"]))
+            p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+        if step in eval_steps and step != total:  # the last step is the final evaluation below
+            current = backend.export_model()  # collective under sharding; the full model on rank 0
+            if trajectory is not None:
+                result = evaluate_now(p, task, current, loaded_dtype, references)
+                trajectory.write({"step": step, "epoch": step / steps_per_epoch, **result})
+                p.logger.log({f"eval/{k}": v for k, v in result.items()}, step=step)
+            backend.barrier()
 
     t0 = time.perf_counter()
     try:
@@ -280,8 +317,15 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     items = {ev.name: ev.evaluate(trained, task) for ev in p.evaluators}
     result = summarise(p.evaluators, items, references)
     timings["eval_seconds"] = time.perf_counter() - t0
+    if trajectory is not None:
+        trajectory.write({"step": total, "epoch": total / steps_per_epoch, **result})
+        trajectory.close()
+        p.logger.log({f"eval/{k}": v for k, v in result.items()}, step=total)
     for name, table in items.items():
         write_items(table, run_dir / "items" / f"{name}.jsonl")
+    for role, per_eval in references.items():  # the run directory alone re-aggregates (unlearn.report.resummarise)
+        for name, table in per_eval.items():
+            write_items(table, run_dir / "items" / role / f"{name}.jsonl")
     summary = {**result, "steps": float(len(steps)), **timings}
     rows[method] = result
     _write_json(run_dir / "references.json", {k: v for k, v in rows.items() if k != method})

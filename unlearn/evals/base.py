@@ -72,6 +72,8 @@ class Evaluator(ABC):
 
 
 EVALUATORS: Registry[Evaluator] = Registry("evaluator", "eval")
+#: Keys of the `eval` section that are not evaluators: when to evaluate during unlearning (unlearn.train.trajectory).
+SCHEDULE_KEYS: tuple[str, ...] = ("every", "every_unit")
 
 
 def build_evaluators(cfg: Mapping[str, Any] | None) -> list[Evaluator]:
@@ -81,11 +83,13 @@ def build_evaluators(cfg: Mapping[str, Any] | None) -> list[Evaluator]:
     """
     import unlearn.benchmarks  # noqa: F401  (registers every benchmark's evaluator)
 
-    if not isinstance(cfg, Mapping) or not cfg:
+    if not isinstance(cfg, Mapping) or not set(cfg) - set(SCHEDULE_KEYS):
         raise ConfigError(f"eval: choose at least one evaluator (eval=<name> or eval=[a,b]); known: "
                           f"{', '.join(EVALUATORS.names())}")
     out = []
     for name, settings in cfg.items():
+        if name in SCHEDULE_KEYS:
+            continue
         if settings is None:
             settings = {}
         if not isinstance(settings, Mapping):

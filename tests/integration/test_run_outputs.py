@@ -1,0 +1,71 @@
+"""What a run directory holds is exact: per-item files re-aggregate to summary.json bit for bit (a collapsed model
+included), and evaluating during unlearning (`eval.every`) records a trajectory without changing a single step."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.integration.helpers import micro_cfg
+from unlearn.evals.base import read_items
+from unlearn.pipeline import run_experiment
+from unlearn.report.resummarise import resummarise
+from unlearn.train.trajectory import read_trajectory
+
+NOT_METRICS = ("steps", "prepare_seconds", "reference_eval_seconds", "unlearn_seconds", "eval_seconds")
+
+
+def metrics(summary: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in summary.items() if k not in NOT_METRICS}
+
+
+def test_items_reaggregate_to_the_summary_exactly(micro_cache_dir: Path, tmp_path: Path) -> None:
+    summary = run_experiment(micro_cfg(micro_cache_dir, "method=npo", "trainer.max_steps=3"), tmp_path / "run",
+                             console_print=False)
+    assert resummarise(tmp_path / "run") == metrics(summary)  # ==, not approx: every float round-trips
+
+
+def test_a_collapsed_models_items_reaggregate_exactly(micro_cache_dir: Path, tmp_path: Path) -> None:
+    """Gradient ascent at a huge learning rate destroys the model: answer probabilities underflow far below 1e-10
+    (which 10-digit JSON would write as 0) — the per-item file must keep them."""
+    summary = run_experiment(micro_cfg(micro_cache_dir, "method=ga", "optimizer.lr=0.5", "trainer.max_steps=6"),
+                             tmp_path / "run", console_print=False)
+    items = read_items(tmp_path / "run" / "items" / "tofu.jsonl")
+    probs = items["prob"].to_numpy(dtype=float)
+    assert (probs < 5e-11).any(), "the run did not collapse; the test would not exercise tiny values"
+    assert resummarise(tmp_path / "run") == metrics(summary)
+    # The file is exact: pandas' default JSON (10 digits) would have lost these values' last digits.
+    lossy = pd.read_json(io.StringIO(pd.Series(probs).to_json()), typ="series").to_numpy()
+    assert not np.array_equal(lossy, probs)
+
+
+def test_trajectory_is_recorded_without_changing_the_run(micro_cache_dir: Path, tmp_path: Path) -> None:
+    common = ["method=blur_npo", "trainer.max_steps=4", "trainer.batch_size=4"]
+    plain = run_experiment(micro_cfg(micro_cache_dir, *common), tmp_path / "plain", console_print=False)
+    traced = run_experiment(micro_cfg(micro_cache_dir, *common, "eval.every=1", "eval.every_unit=step"),
+                            tmp_path / "traced", console_print=False)
+    assert metrics(traced) == metrics(plain)
+    a = pd.read_csv(tmp_path / "plain" / "diagnostics.csv").drop(columns="step_time")
+    b = pd.read_csv(tmp_path / "traced" / "diagnostics.csv").drop(columns="step_time")
+    pd.testing.assert_frame_equal(a, b)
+    rows = read_trajectory(tmp_path / "traced" / "trajectory.jsonl")
+    assert [r["step"] for r in rows] == [0, 1, 2, 3, 4]
+    original = json.loads((tmp_path / "traced" / "references.json").read_text())["Original"]
+    assert {k: rows[0][k] for k in original} == original  # step 0 is the target model
+    assert {k: rows[-1][k] for k in metrics(plain)} == metrics(plain)  # the last step is the final evaluation
+    assert rows[1]["forget_prob"] != rows[0]["forget_prob"]
+    assert not (tmp_path / "plain" / "trajectory.jsonl").exists()
+
+
+@pytest.mark.parametrize("bad", ["eval.every=-2", "eval.every_unit=hour"])
+def test_bad_schedule_fails_before_anything_runs(micro_cache_dir: Path, tmp_path: Path, bad: str) -> None:
+    from unlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=bad.split("=")[0]):
+        run_experiment(micro_cfg(micro_cache_dir, bad), tmp_path / "run", console_print=False)
+    assert not (tmp_path / "run").exists()
