@@ -39,7 +39,7 @@ from unlearn.models.build import load_model
 from unlearn.models.lora import apply_lora, resolve_lora
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.report.table import print_table, summary_frame
-from unlearn.train.backend import BACKENDS
+from unlearn.train.backend import BACKENDS, check_trainer
 from unlearn.train.checkpoint import latest_checkpoint
 from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
@@ -90,7 +90,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
         raise ConfigError(f"optimize_metric: expected a summary metric name or null, got {metric!r}")
     method, trainer = cfg["method"], dict(cfg["trainer"])
     backend_name = trainer.pop("backend")
-    BACKENDS.get(backend_name)
+    check_trainer(backend_name, trainer)  # the backend exists and this machine can run what it asks
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
     return Plan(

@@ -1,7 +1,17 @@
-"""Shared by the distributed tests and their worker processes: a tiny Llama, synthetic batches, one Unlearner.
+"""Shared by the distributed tests and their worker processes: a tiny Llama, synthetic batches, one Unlearner,
+and the launcher that runs many configurations in one pair of processes without letting one failure take the
+others down.
 
 Both sides (the 2-process run and the single-process reference) build everything from these functions, so
 the only difference between them is the backend.
+
+Optimizers. Comparisons against the single-process run use SGD with momentum (`optimizer="sgd"`): a linear,
+stateful update, so the float32 rounding that differs between two correct reduction orders reaches the weights
+as lr times a rounding-sized direction error, and every later step stays comparable at float32 accuracy
+(`tolerances.py`). AdamW is not used for those comparisons: its step lr*m/(sqrt(v)+eps) has slope up to lr/eps
+(1e6 here) in a coordinate whose gradient cancels to below eps, so rounding differences there become weight
+differences of up to 2*lr, and no float32-derived tolerance holds for the weights or any later step. AdamW runs
+are compared bit for bit with the same backend (resume against no stop), which needs no tolerance.
 """
 
 from __future__ import annotations
@@ -25,6 +35,13 @@ from unlearn.train.loop import LoopConfig, Unlearner
 STEPS = 3
 BATCH = 8
 DIAGNOSTICS = ("loss_f", "loss_r", "norm_f", "norm_r", "cos_fr", "A_f", "A_r", "norm_u")
+GAMMA = 1.0
+# SGD: large enough that 3 steps change the loss by several percent (so later steps test a moved trajectory),
+# small enough to stay stable. AdamW: the setting the equivalence tests used before (now only for exact checks).
+OPTIMIZERS = {
+    "sgd": lambda params, lr_scale=1.0: torch.optim.SGD(params, lr=0.05 * lr_scale, momentum=0.9),
+    "adamw": lambda params, lr_scale=1.0: torch.optim.AdamW(params, lr=1e-2 * lr_scale),
+}
 
 
 def tiny_model(seed: int = 0) -> LlamaForCausalLM:
@@ -61,17 +78,18 @@ def batches(batch: int = BATCH) -> list[tuple[list[dict[str, list[int]]], list[d
 
 
 def unlearner(backend: Backend, micro_batch_size: int | None, batch: int = BATCH,
-              model_dtype: torch.dtype | None = None) -> Unlearner:
-    """BLUR-NPO (gamma 1, beta 0.1) with AdamW on the tiny model (cast to `model_dtype`, as if loaded in it),
-    global batch `batch`."""
+              model_dtype: torch.dtype | None = None, optimizer: str = "sgd", lr_scale: float = 1.0) -> Unlearner:
+    """BLUR-NPO (gamma 1, beta 0.1) on the tiny model (cast to `model_dtype`, as if loaded in it), global batch
+    `batch`, with `OPTIMIZERS[optimizer]` (its learning rate times `lr_scale`)."""
     model = tiny_model() if model_dtype is None else tiny_model().to(model_dtype)
+    make = OPTIMIZERS[optimizer]
     return Unlearner(
         model=model,
         forget_loss=build_objective(FORGET_LOSSES, {"name": "npo", "beta": 0.1}),
         retain_loss=build_objective(RETAIN_LOSSES, {"name": "nll"}),
-        rule=build_direction({"name": "blur", "gamma": 1.0}),
+        rule=build_direction({"name": "blur", "gamma": GAMMA}),
         backend=backend,
-        make_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        make_optimizer=lambda p: make(p, lr_scale),
         make_scheduler=None,
         collate=collate,
         cfg=LoopConfig(batch_size=batch, micro_batch_size=micro_batch_size, epochs=1),
@@ -83,11 +101,37 @@ def run_steps(u: Unlearner) -> list[dict[str, float]]:
     return [u.step(f, r) for f, r in batches(u.cfg.batch_size)]
 
 
-def single_process_reference(batch: int = BATCH) -> dict[str, Any]:
-    """Parameters and diagnostics of the same STEPS steps in one process (the ground truth)."""
-    u = unlearner(Backend(), micro_batch_size=None, batch=batch)
+def single_process_reference(batch: int = BATCH, optimizer: str = "sgd") -> dict[str, Any]:
+    """Parameters and diagnostics of the same STEPS steps in one process (the ground truth), and the initial
+    parameters (the comparisons' scale for how far the steps moved the weights)."""
+    u = unlearner(Backend(), micro_batch_size=None, batch=batch, optimizer=optimizer)
+    initial = {n: p.detach().clone() for n, p in u.model.named_parameters()}
     rows = run_steps(u)
-    return {"rows": rows, "params": {n: p.detach().clone() for n, p in u.model.named_parameters()}}
+    return {"rows": rows, "params": {n: p.detach().clone() for n, p in u.model.named_parameters()},
+            "initial": initial}
+
+
+def precision_skip_reason(precision: str | None, device: str = "cpu") -> str | None:
+    """Why this machine cannot run `precision` on `device` (the capability probe's reason), or None if it can."""
+    from unlearn.train.capabilities import precision_capability
+
+    cap = precision_capability(precision, device)
+    return None if cap is None or cap.available else cap.reason
+
+
+def skip_marks(reason: str | None) -> list[Any]:
+    """`pytest.param(..., marks=skip_marks(reason))`: skipped at collection (before any fixture launches workers)
+    with the capability probe's reason, which `-rs` prints."""
+    import pytest
+
+    return [] if reason is None else [pytest.mark.skip(reason=reason)]
+
+
+def deepspeed_skip_reason() -> str | None:
+    from unlearn.train.capabilities import deepspeed_installed
+
+    cap = deepspeed_installed()
+    return None if cap.available else cap.reason
 
 
 def free_port() -> int:
@@ -109,15 +153,12 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
     return env
 
 
-def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, world: int = 2,
-           timeout_s: float = 300.0) -> None:
-    """Start `world` workers with torchrun's environment on a fresh port; fail (not hang) if any misbehaves."""
+def _start(worker: Path, run_list: list[dict[str, Any]], out: Path, world: int, timeout_s: float) -> list[str]:
+    """One launch of `world` workers over `run_list`; returns each rank's log (killed at `timeout_s`)."""
     import json
     import subprocess
     import sys
     import time
-
-    import pytest
 
     port = free_port()
     procs = [
@@ -134,15 +175,98 @@ def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, 
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
-            p.communicate()
-        pytest.fail(f"{group} workers did not finish within {timeout_s} s")
-    failed = [(r, p.returncode) for r, p in enumerate(procs) if p.returncode != 0]
-    if failed:
-        started = ["\n".join(line for line in log.splitlines() if line.startswith("[")) for log in logs]
-        results = sorted(p.name for p in out.glob("*.pt"))
-        pytest.fail(f"{group} workers failed {failed}; results written: {results}\n"
-                    + "\n".join(f"rank {r} started:\n{s}" for r, s in enumerate(started))
-                    + "\n" + "\n".join(log[-4000:] for log in logs))
+        logs = [p.communicate()[0] + f"\n[harness] killed after {timeout_s} s" for p in procs]
+    return logs
+
+
+def result_path(out: Path, tag: str, rank: int) -> Path:
+    return out / f"{tag}_rank{rank}.pt"
+
+
+def error_path(out: Path, tag: str, rank: int) -> Path:
+    return out / f"{tag}_rank{rank}.error.txt"
+
+
+def failure_path(out: Path, tag: str) -> Path:
+    return out / f"{tag}.failed.txt"
+
+
+def launch(worker: Path, group: str, run_list: list[dict[str, Any]], out: Path, world: int = 2,
+           timeout_s: float = 300.0) -> None:
+    """Run every configuration in `run_list` on `world` workers (torchrun's environment, fresh port), isolating
+    failures: afterwards each run has either its per-rank results or `<tag>.failed.txt` with the workers' error
+    text, which `load_run` turns into a failure of that run's test only.
+
+    Workers run the list in order and stop at the first run that raises on any rank (`isolated_run`): a process
+    group whose ranks left a collective half-done cannot be trusted with the next run. The launcher then records
+    that run as failed and starts fresh workers on the runs after it, so a configuration this machine cannot run
+    costs one relaunch, not the whole group.
+    """
+    pending = list(run_list)
+    while pending:
+        logs = _start(worker, pending, out, world, timeout_s)
+        done = 0
+        for run in pending:
+            if not all(result_path(out, run["tag"], r).exists() for r in range(world)):
+                break
+            done += 1
+        if done == len(pending):
+            return
+        failed, pending = pending[done], pending[done + 1:]
+        for run in pending:  # anything a surviving rank wrote after the failure is discarded and rerun
+            for r in range(world):
+                result_path(out, run["tag"], r).unlink(missing_ok=True)
+                error_path(out, run["tag"], r).unlink(missing_ok=True)
+        errors = [error_path(out, failed["tag"], r) for r in range(world)]
+        text = [f"rank {r}: {e.read_text()}" for r, e in enumerate(errors) if e.exists()]
+        if not text:  # no worker recorded an error (killed at the timeout, or crashed below Python): log tails
+            text = [f"rank {r} log:\n{log[-4000:]}" for r, log in enumerate(logs)]
+            if not any(f"run {failed['tag']}" in log for log in logs):
+                # The workers died before starting this run (an import error, say): every run would do the
+                # same, so all remaining runs fail with this text instead of relaunching once per run.
+                for run in [failed, *pending]:
+                    failure_path(out, run["tag"]).write_text(
+                        f"{group} workers failed before run {failed['tag']} started:\n" + "\n".join(text))
+                return
+        failure_path(out, failed["tag"]).write_text(f"{group} run {failed['tag']} failed:\n" + "\n".join(text))
+
+
+def save_run(result: dict[str, Any], out: Path, tag: str, rank: int) -> None:
+    """Write one rank's result atomically (a worker killed mid-write leaves no half file that looks complete)."""
+    tmp = result_path(out, tag, rank).with_suffix(".tmp")
+    torch.save(result, tmp)
+    tmp.rename(result_path(out, tag, rank))
+
+
+def load_run(out: Path, tag: str, world: int = 2) -> list[dict[str, Any]]:
+    """The per-rank results of run `tag`, or a test failure carrying the workers' error text."""
+    import pytest
+
+    failed = failure_path(out, tag)
+    if failed.exists():
+        pytest.fail(failed.read_text(), pytrace=False)
+    return [torch.load(result_path(out, tag, r)) for r in range(world)]
+
+
+@contextlib.contextmanager
+def isolated_run(tag: str, out: Path) -> Iterator[None]:
+    """One run inside a worker: on an exception, record it in `<tag>_rank<r>.error.txt` and leave at once.
+
+    Leaving without teardown (os._exit) closes this rank's sockets, so a peer waiting in a collective gets an
+    error instead of hanging; the launcher records the run as failed and reruns the rest in fresh processes.
+    """
+    import sys
+    import traceback
+
+    try:
+        yield
+    except BaseException:
+        rank = int(os.environ.get("RANK", "0"))
+        error_path(out, tag, rank).write_text(traceback.format_exc()[-6000:])
+        print(f"[worker] run {tag} failed on rank {rank}", flush=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
 
 
 @contextlib.contextmanager

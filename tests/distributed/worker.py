@@ -1,10 +1,16 @@
 """One rank of a distributed test: `python worker.py RUNS_JSON OUT_DIR` (launched with torchrun's environment).
 
 RUNS_JSON is a list of runs, each `{"tag": str, "backend": str, "micro": int | null, "batch": int,
-"kwargs": {...}}`. Each run builds a fresh backend (the process group is joined once and reused, which spares
-every run the seconds of importing torch, transformers and DeepSpeed), takes the STEPS BLUR-NPO steps, and
-saves its diagnostics and full parameters to OUT_DIR/<tag>_rank<r>.pt. Gathering the full parameters happens here,
-for the comparison only; the backends never gather full gradients or parameters for their inner products.
+"kwargs": {...}}` plus optional `"optimizer"` ("sgd", the default, or "adamw"), `"lr_scale"` (multiplies the
+learning rate), `"perturb_rank"` (that rank changes one answer token of every forget example: a real divergence
+the comparisons must catch), `"fail_rank"` (that rank raises before the second step, while the other is already
+in its collectives: what the launcher's isolation must survive), `"model_dtype"` and `"resume_after"`.
+Each run builds a fresh backend (the process group is joined once and reused, which spares every run the seconds
+of importing torch, transformers and DeepSpeed), takes the STEPS BLUR-NPO steps, and saves its diagnostics and
+full parameters to OUT_DIR/<tag>_rank<r>.pt. A run that raises is recorded in OUT_DIR/<tag>_rank<r>.error.txt
+and ends the worker (`isolated_run`); the launcher reruns the remaining runs. Gathering the full parameters
+happens here, for the comparison only; the backends never gather full gradients or parameters for their inner
+products.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from dist_harness import batches, run_steps, unlearner, worker_session
+from dist_harness import batches, isolated_run, save_run, unlearner, worker_session
 from torch import Tensor, nn
 
 from unlearn.train.backend import BACKENDS, Backend
@@ -77,6 +83,22 @@ def master_dtypes(backend: Backend) -> list[str]:
     return sorted({str(t.dtype) for t in tensors})
 
 
+def perturbed(steps: list, rank: int, run: dict) -> list:
+    """On `run["perturb_rank"]` only: the last answer token of every forget example moved to the next id."""
+    if run.get("perturb_rank") != rank:
+        return steps
+    out = []
+    for forget, retain in steps:
+        changed = []
+        for ex in forget:
+            ex = {k: list(v) for k, v in ex.items()}
+            last = max(i for i, lab in enumerate(ex["labels"]) if lab != -100)
+            ex["input_ids"][last] = ex["labels"][last] = ex["input_ids"][last] % 31 + 1
+            changed.append(ex)
+        out.append((changed, retain))
+    return out
+
+
 def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
     """Take `resume_after` steps, checkpoint, then continue in a *fresh* backend and unlearner from the files."""
     k = run["resume_after"]
@@ -85,7 +107,8 @@ def resume_run(u, run: dict, out_dir: Path) -> list[dict]:
     root = out_dir / f"{run['tag']}_checkpoints"
     u.backend.save_checkpoint(root, k, {"scheduler": None})
     fresh = unlearner(BACKENDS.build(run["backend"], **run["kwargs"]), micro_batch_size=run["micro"],
-                      batch=run["batch"])  # new random-free init: same seed, but all state must come from disk
+                      batch=run["batch"], optimizer=run.get("optimizer", "sgd"))
+    # same seed, so a fresh init equals the first run's; all state must come from disk
     with torch.no_grad():  # scramble the weights so a load that silently did nothing cannot pass
         for p in fresh.model.parameters():
             p.add_(1.0)
@@ -101,23 +124,32 @@ def main() -> None:
     with worker_session():  # on success: finish_worker(), no interpreter teardown (see its docstring)
         for run in runs:
             print(f"[worker] run {run['tag']}", flush=True)
-            backend = BACKENDS.build(run["backend"], **run["kwargs"])
-            dtype = getattr(torch, run["model_dtype"]) if run.get("model_dtype") else None
-            u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"], model_dtype=dtype)
-            gram_numel = record_gram_inputs(backend)
-            ref_numel = reference_local_numel(u)
-            if run.get("resume_after"):
-                rows = resume_run(u, run, out_dir)
-                backend = u.backend
-            else:
-                rows = run_steps(u)
-            params = full_parameters(backend, u.model)
-            buffers = getattr(backend, "_buffers", None)
-            views = buffers.views_intact() if isinstance(buffers, FlatGradBuffers) else None
-            torch.save({"rows": rows, "params": params, "flat_grad_views_intact": views,
-                        "gram_numel": gram_numel, "ref_local_numel": ref_numel,
-                        "master_dtypes": master_dtypes(backend)},
-                       out_dir / f"{run['tag']}_rank{backend.rank}.pt")
+            with isolated_run(run["tag"], out_dir):
+                one_run(run, out_dir)
+
+
+def one_run(run: dict, out_dir: Path) -> None:
+    backend = BACKENDS.build(run["backend"], **run["kwargs"])
+    dtype = getattr(torch, run["model_dtype"]) if run.get("model_dtype") else None
+    u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"], model_dtype=dtype,
+                  optimizer=run.get("optimizer", "sgd"), lr_scale=run.get("lr_scale", 1.0))
+    gram_numel = record_gram_inputs(backend)
+    ref_numel = reference_local_numel(u)
+    if run.get("resume_after"):
+        rows = resume_run(u, run, out_dir)
+        backend = u.backend
+    else:
+        rows = []
+        for step, (f, r) in enumerate(perturbed(batches(run["batch"]), backend.rank, run)):
+            if step == 1 and run.get("fail_rank") == backend.rank:
+                raise RuntimeError(f"injected failure on rank {backend.rank} before step {step}")
+            rows.append(u.step(f, r))
+    params = full_parameters(backend, u.model)
+    buffers = getattr(backend, "_buffers", None)
+    views = buffers.views_intact() if isinstance(buffers, FlatGradBuffers) else None
+    save_run({"rows": rows, "params": params, "flat_grad_views_intact": views, "gram_numel": gram_numel,
+              "ref_local_numel": ref_numel, "master_dtypes": master_dtypes(backend)},
+             out_dir, run["tag"], backend.rank)
 
 
 if __name__ == "__main__":

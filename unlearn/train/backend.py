@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
 from unlearn.registry import Registry
+from unlearn.train.capabilities import check_precision, check_trainer
 from unlearn.train.checkpoint import load_checkpoint, save_checkpoint
 from unlearn.train.grad_buffers import FlatGradBuffers, GradBuffers
 
@@ -102,7 +103,9 @@ class Backend:
                  gradient_checkpointing: bool = False) -> None:
         """`mixed_precision=bf16`: float32 master weights (a half-precision model is upcast), forward passes under
         `torch.autocast(bf16)`. fp16 is refused: it needs a loss scaler (use DeepSpeed for fp16).
-        `gradient_checkpointing`: recompute activations in backward (transformers' non-reentrant checkpointing)."""
+        `gradient_checkpointing`: recompute activations in backward (transformers' non-reentrant checkpointing).
+        A precision this machine cannot run is a ConfigError here, before any model is placed."""
+        check_precision(mixed_precision, device, self.supported_precisions)
         self.param_dtype = resolve_mixed_precision(mixed_precision, self.supported_precisions)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.device = torch.device(device)
@@ -229,3 +232,5 @@ class Backend:
 
 BACKENDS: Registry[Backend] = Registry("trainer backend", "trainer.backend")
 BACKENDS.register("single")(Backend)
+
+__all__ = ["BACKENDS", "Backend", "check_trainer"]  # check_trainer: the config planner's machine check

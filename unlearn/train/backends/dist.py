@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from unlearn.directions.gradspace import GradSpace
 from unlearn.errors import ConfigError
 from unlearn.train.backend import Backend, enable_gradient_checkpointing, resolve_mixed_precision
+from unlearn.train.capabilities import check_precision
 
 
 def init_process_group(timeout_s: float = 1800.0) -> None:
@@ -78,8 +79,10 @@ class DistributedBackend(Backend):
         mixed_precision: str | None = None,
         gradient_checkpointing: bool = False,
     ) -> None:
-        # Config first, process group second: a bad value fails at once, launcher or not.
+        # Config first, process group second: a bad value, or a precision this machine cannot run, fails at once,
+        # launcher or not.
         resolve_mixed_precision(mixed_precision, self.supported_precisions)
+        check_precision(mixed_precision, device, self.supported_precisions)
         init_process_group()
         super().__init__(resolve_device(device), mixed_precision=mixed_precision,
                          gradient_checkpointing=gradient_checkpointing)
