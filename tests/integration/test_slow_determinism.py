@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from unlearn.data.world import WorldConfig
-from unlearn.models.embedded import micro_configs, prepare_embedded
+from unlearn.benchmarks.tofu.embedded import micro_configs, prepare_embedded
+from unlearn.benchmarks.tofu.world import WorldConfig
 
 
 def build(cache: Path):

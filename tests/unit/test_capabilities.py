@@ -18,7 +18,7 @@ import pytest
 
 from tests.integration.helpers import micro_cfg
 from unlearn.errors import ConfigError
-from unlearn.experiment import plan
+from unlearn.pipeline import plan
 from unlearn.train import capabilities
 from unlearn.train.backend import BACKENDS
 from unlearn.train.capabilities import Capability, check_precision, check_trainer
