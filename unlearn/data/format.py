@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from unlearn.data.text import IGNORE_INDEX, pad_collate
 from unlearn.errors import ConfigError, DataError
 
-IGNORE_INDEX = -100
-"""Label value ignored by `torch.nn.functional.cross_entropy` (its default `ignore_index`)."""
+__all__ = ["DEFAULT_TEMPLATE", "IGNORE_INDEX", "QAFormatter"]
+
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer: "
 
@@ -124,21 +125,7 @@ class QAFormatter:
 
     def collate(self, examples: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         """Right-pad encoded examples into LongTensors; padding has labels -100 and attention 0."""
-        if not examples:
-            raise ValueError("collate: empty batch")
-        width = max(len(e["input_ids"]) for e in examples)
-        ids, labels, mask = [], [], []
-        for e in examples:
-            n = len(e["input_ids"])
-            pad = width - n
-            ids.append(list(e["input_ids"]) + [self.pad_id] * pad)
-            labels.append(list(e["labels"]) + [IGNORE_INDEX] * pad)
-            mask.append(list(e.get("attention_mask", [1] * n)) + [0] * pad)
-        return {
-            "input_ids": torch.tensor(ids, dtype=torch.long),
-            "labels": torch.tensor(labels, dtype=torch.long),
-            "attention_mask": torch.tensor(mask, dtype=torch.long),
-        }
+        return pad_collate(examples, self.pad_id)
 
     # ------------------------------------------------------------------ generation
     def collate_prompts(self, questions: Sequence[str]) -> dict[str, torch.Tensor]:
