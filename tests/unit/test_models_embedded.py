@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from unlearn.benchmarks.base import BENCHMARKS, Task, prepare_benchmark
-from unlearn.benchmarks.tofu.embedded import MICRO_ARCH, MICRO_PRETRAIN, MICRO_WORLD, micro_configs, prepare_embedded
+from unlearn.benchmarks.tofu.embedded import (
+    MICRO_ARCH,
+    MICRO_CORPUS,
+    MICRO_PRETRAIN,
+    MICRO_WORLD,
+    micro_configs,
+    prepare_embedded,
+)
 from unlearn.benchmarks.tofu.world import WorldConfig
 from unlearn.errors import ConfigError
 from unlearn.models.build import build_llama, count_parameters, load_model, load_tokenizer
@@ -26,10 +33,15 @@ def test_micro_models_memorise(micro_prepared: Task) -> None:
     assert read_info(Path(p.models["retain"]))["spec"]["forget_split"] == "forget10"
     # Reload from disk and re-measure: the saved weights (safetensors) are the trained ones.
     model = load_model(p.models["target"])
-    from unlearn.benchmarks.tofu.world import generate_world, pretraining_rows
+    from unlearn.benchmarks.tofu.general import GeneralConfig, generate_general
+    from unlearn.benchmarks.tofu.world import generate_world
 
-    rows = pretraining_rows(generate_world(WorldConfig(**MICRO_WORLD)), "target")
+    general = generate_general(GeneralConfig.from_dict(MICRO_CORPUS["tofu"]))
+    rows = generate_world(WorldConfig(**MICRO_WORLD), general=general)["full"]
     assert greedy_exact_match(model, p.formatter, rows) >= 0.9
+    # The general knowledge of pretraining (real authors, world facts) is mostly still there after fine-tuning.
+    known = [{"question": r["question"], "answer": r["answer"]} for r in general.real_authors + general.world_facts]
+    assert greedy_exact_match(model, p.formatter, known) >= 0.5
     encoded = [p.formatter.encode(r["question"], r["answer"]) for r in rows]
     assert teacher_forced_exact_match(model, p.formatter, encoded) == pytest.approx(
         greedy_exact_match(model, p.formatter, rows), abs=0.02

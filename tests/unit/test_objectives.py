@@ -47,8 +47,12 @@ def _log_sigmoid(x: float) -> float:
     return -math.log1p(math.exp(-x))
 
 
-def test_ga_is_answer_logprob() -> None:
-    assert _eval(FORGET_LOSSES, {"name": "ga"}) == pytest.approx(LOGP)  # ln 0.2 = -1.6094
+def test_ga_is_the_token_mean_answer_logprob() -> None:
+    # Default: minus the token-mean NLL, as TOFU's and open-unlearning's GA: ln(1/5) / 2 = -0.8047.
+    assert _eval(FORGET_LOSSES, {"name": "ga"}) == pytest.approx(LOGP / 2)
+    assert _eval(FORGET_LOSSES, {"name": "ga", "reduction": "sum"}) == pytest.approx(LOGP)  # ln 0.2 = -1.6094
+    with pytest.raises(ConfigError, match=r"method\.forget\.reduction"):
+        build_objective(FORGET_LOSSES, {"name": "ga", "reduction": "max"})
 
 
 def test_nll_is_token_mean() -> None:

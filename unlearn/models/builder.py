@@ -80,19 +80,22 @@ def resolve_arch(arch: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def resolve_train(train: dict[str, Any] | None) -> dict[str, Any]:
-    """Full training settings (defaults filled in), validated."""
-    out = _merge(DEFAULT_TRAIN, train, "model.pretrain")
+def resolve_train(
+    train: dict[str, Any] | None, key: str = "model.pretrain", defaults: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Full training settings of one stage (`defaults`, DEFAULT_TRAIN if None, filled in), validated; errors name
+    `key.<setting>`."""
+    out = _merge(DEFAULT_TRAIN if defaults is None else defaults, train, key)
     if out["decay_epochs"] < 0 or not 0.0 <= out["min_lr_ratio"] <= 1.0:
-        raise ConfigError("model.pretrain.decay_epochs / min_lr_ratio: need decay_epochs >= 0, 0 <= ratio <= 1")
+        raise ConfigError(f"{key}.decay_epochs / min_lr_ratio: need decay_epochs >= 0, 0 <= ratio <= 1")
     positive = ("lr", "batch_size", "max_epochs", "check_every", "max_length")
     for name in positive:
         if out[name] <= 0:
-            raise ConfigError(f"model.pretrain.{name}: must be positive, got {out[name]}")
+            raise ConfigError(f"{key}.{name}: must be positive, got {out[name]}")
     if not 0.0 < out["target_exact_match"] <= 1.0:
-        raise ConfigError(f"model.pretrain.target_exact_match: must be in (0, 1], got {out['target_exact_match']}")
+        raise ConfigError(f"{key}.target_exact_match: must be in (0, 1], got {out['target_exact_match']}")
     if "{question}" not in out["template"]:
-        raise ConfigError(f"model.pretrain.template: must contain '{{question}}', got {out['template']!r}")
+        raise ConfigError(f"{key}.template: must contain '{{question}}', got {out['template']!r}")
     return out
 
 

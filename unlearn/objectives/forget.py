@@ -19,14 +19,23 @@ def _positive(name: str, value: float) -> float:
 
 @FORGET_LOSSES.register("ga")
 class GradientAscent(Objective):
-    """GA: minimise `logp_theta(y|x)` (the sum over answer tokens), i.e. ascend the NLL.
+    """GA: minimise the answer's log-likelihood, i.e. ascend the NLL (docs/methods.md#ga).
 
+    `reduction="token_mean"` (the default) takes `logp_theta(y|x) / |y|`, minus the token-mean NLL that TOFU's and
+    open-unlearning's GA/GradDiff ascend, so GradDiff weighs its forget and retain terms as the published baselines
+    do; `"sum"` takes the sum over answer tokens (this repository's earlier form: the forget term then outweighs the
+    token-mean retain NLL by the mean answer length). Either is a mean over examples, so accumulation stays exact.
     Unbounded below, which is why GA collapses a model quickly; kept as the simplest baseline.
     """
 
+    def __init__(self, reduction: str = "token_mean") -> None:
+        if reduction not in ("token_mean", "sum"):
+            raise ConfigError(f"method.forget.reduction: expected token_mean or sum, got {reduction!r}")
+        self.reduction = reduction
+
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
-        logp, _ = sequence_logp(model, batch)
-        return logp.mean()
+        logp, length = sequence_logp(model, batch)
+        return (logp / length).mean() if self.reduction == "token_mean" else logp.mean()
 
 
 @FORGET_LOSSES.register("npo")

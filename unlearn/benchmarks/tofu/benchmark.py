@@ -37,6 +37,19 @@ def _forget_split(bench: dict[str, Any]) -> str:
     return split
 
 
+#: Model keys of the embedded recipes (unlearn.models.pretrain): `recipe`, the architecture, the general corpus and
+#: the stages' settings (`pretrain` is the only stage of the `scratch` recipe).
+EMBEDDED_MODEL_KEYS = frozenset({"recipe", "arch", "corpus", "pretrain", "finetune"})
+
+
+def _with_template(stage: dict[str, Any], prompt: dict[str, Any], key: str) -> dict[str, Any]:
+    """A training stage's settings with the prompt template the models are scored with (a different one is an
+    error: a model trained on one prompt and scored on another measures the prompt change)."""
+    if "template" in stage and stage["template"] != prompt["template"]:
+        raise ConfigError(f"{key}.template: must equal model.prompt.template (or be left out)")
+    return {**stage, "template": prompt["template"]}
+
+
 def tofu_task(name: str, data: TofuData, tokenizer: Any, formatter: QAFormatter, models: dict[str, str]) -> Task:
     """Encode TOFU data into a Task: QA training examples, the evaluator's data, and its fingerprint.
 
@@ -73,10 +86,11 @@ class TofuMini(Benchmark):
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
         from unlearn.models.builder import resolve_arch, resolve_train
+        from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
 
         super().__init__(bench, model)
         check_keys(bench, SHARED_BENCH_KEYS | {"forget_split", "world"}, "benchmark")
-        check_keys(model, SHARED_MODEL_KEYS | {"arch", "pretrain"}, "model")
+        check_keys(model, SHARED_MODEL_KEYS | EMBEDDED_MODEL_KEYS, "model")
         check_model_common(model)
         self.forget_split = _forget_split(bench)
         self.world = WorldConfig.from_dict(section(bench.get("world"), "benchmark.world"))
@@ -84,18 +98,27 @@ class TofuMini(Benchmark):
         self.prompt = resolve_prompt(model)
         if self.prompt["use_chat_template"]:
             raise ConfigError("model.prompt.use_chat_template: embedded models have no chat template; set it false")
-        pretrain = section(model.get("pretrain"), "model.pretrain")
-        if "template" in pretrain and pretrain["template"] != self.prompt["template"]:
-            raise ConfigError("model.pretrain.template: must equal model.prompt.template (or be left out)")
-        pretrain["template"] = self.prompt["template"]  # the models are trained with the prompt they are scored with
+        self.recipe = resolve_recipe(model)
         self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
-        self.train = resolve_train(pretrain)
+        # The models are trained with the prompt they are scored with.
+        pretrain = _with_template(section(model.get("pretrain"), "model.pretrain"), self.prompt, "model.pretrain")
+        if self.recipe == "scratch":
+            self.train = resolve_train(pretrain)
+            return
+        self.corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
+        self.pretrain = resolve_train(pretrain, "model.pretrain", PRETRAIN_DEFAULTS)
+        self.finetune = resolve_finetune(
+            _with_template(section(model.get("finetune"), "model.finetune"), self.prompt, "model.finetune"))
 
     def prepare(self, cache_dir: Path, log: Log = print) -> Task:
-        from unlearn.benchmarks.tofu.embedded import prepare_embedded
+        from unlearn.benchmarks.tofu.embedded import prepare_embedded, prepare_pretrained
         from unlearn.data.tokenizer import load_trained_tokenizer
 
-        built = prepare_embedded(self.world, self.arch, self.train, self.forget_split, cache_dir, log=log)
+        if self.recipe == "scratch":
+            built = prepare_embedded(self.world, self.arch, self.train, self.forget_split, cache_dir, log=log)
+        else:
+            built = prepare_pretrained(self.world, self.arch, self.corpus, self.pretrain, self.finetune,
+                                       self.forget_split, cache_dir, log=log)
         tokenizer = load_trained_tokenizer(built.tokenizer_dir)
         formatter = make_formatter(tokenizer, self.prompt)
         data = load_tofu(built.world_dir, self.forget_split)

@@ -13,6 +13,8 @@ gets built.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +30,18 @@ from unlearn.benchmarks.tofu.world import (
     world_texts,
     write_world,
 )
-from unlearn.data.format import DEFAULT_TEMPLATE
+from unlearn.data.format import DEFAULT_TEMPLATE, QAFormatter
 from unlearn.data.tokenizer import load_trained_tokenizer, save_tokenizer, train_tokenizer
-from unlearn.models.builder import resolve_arch, resolve_train, save_model_dir, train_model
+from unlearn.errors import ConfigError
+from unlearn.models.builder import (
+    encode_qa,
+    greedy_exact_match,
+    resolve_arch,
+    resolve_train,
+    save_model_dir,
+    teacher_forced_exact_match,
+    train_model,
+)
 from unlearn.models.cache import build_cached, cache_key
 
 EMBEDDED_VERSION = 2
@@ -65,18 +76,35 @@ MICRO_PRETRAIN: dict[str, Any] = {
     "target_exact_match": 0.95,
 }
 
+# The micro general corpus and stages of the pretrain-then-fine-tune recipe (same model size as above).
+MICRO_CORPUS: dict[str, Any] = {
+    "tofu": {"seed": 0, "n_people": 12, "facts_per_person": 4, "bios_per_person": 1, "qa_fraction": 0.5,
+             "n_real_authors": 6, "n_world_facts": 6, "n_perturbed": 3, "statements_per_fact": 2},
+}
+MICRO_BASE: dict[str, Any] = {**MICRO_PRETRAIN, "target_exact_match": 0.9}
+MICRO_FINETUNE: dict[str, Any] = {**MICRO_PRETRAIN, "replay": 0.5}
+
 Log = Callable[[str], None]
 
 
-def micro_configs(forget_split: str = "forget10") -> tuple[dict[str, Any], dict[str, Any]]:
-    """(benchmark config, model config) of the micro tofu_mini benchmark, as `prepare_benchmark` takes them."""
+def micro_configs(forget_split: str = "forget10", recipe: str = "pretrain_finetune"
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(benchmark config, model config) of the micro tofu_mini benchmark, as `prepare_benchmark` takes them.
+
+    `recipe` is `pretrain_finetune` (the default recipe: a micro base, then fine-tuning) or `scratch`.
+    """
     bench = {"name": "tofu_mini", "forget_split": forget_split, "world": dict(MICRO_WORLD)}
-    model = {
+    model: dict[str, Any] = {
         "source": "embedded",
+        "recipe": recipe,
         "arch": dict(MICRO_ARCH),
-        "pretrain": dict(MICRO_PRETRAIN),
         "prompt": {"template": DEFAULT_TEMPLATE, "use_chat_template": False},
     }
+    if recipe == "scratch":
+        model["pretrain"] = dict(MICRO_PRETRAIN)
+    else:
+        model.update({"corpus": {k: dict(v) for k, v in MICRO_CORPUS.items()}, "pretrain": dict(MICRO_BASE),
+                      "finetune": dict(MICRO_FINETUNE)})
     return bench, model
 
 
@@ -172,3 +200,90 @@ def prepare_embedded(
         cache_dir / "models" / f"{retain_split}-{cache_key(retain_spec)}", builder("retain"), retain_spec, log
     )
     return EmbeddedModels(world_dir, tok_dir, target_dir, retain_dir, target_info, retain_info)
+
+
+def row_digest(row: dict[str, Any]) -> str:
+    """A short hash of one QA row's text: build records list these, so what a model trained on can be checked."""
+    return hashlib.sha256(f"{row['question']}\n{row['answer']}".encode()).hexdigest()[:16]
+
+
+def prepare_pretrained(
+    world_cfg: WorldConfig,
+    arch: dict[str, Any],
+    corpus: dict[str, dict[str, Any]],
+    pretrain: dict[str, Any],
+    finetune_cfg: dict[str, Any],
+    forget_split: str,
+    cache_dir: str | Path,
+    log: Log = print,
+) -> EmbeddedModels:
+    """The TOFU recipe on the embedded world: a general base (shared, cached), then fine-tuning.
+
+    The base model is pretrained on the general corpus (`unlearn.models.pretrain`), whose TOFU section holds the
+    real authors and world facts that model utility measures. The target is the base fine-tuned on every fictitious
+    author, the retain model the same base fine-tuned on the retain split only, both with the same replayed general
+    examples. Each build records a digest of every fine-tuning row (`trained_rows`), so tests can check from the
+    record itself that the retain model never saw the forget split.
+    """
+    from unlearn.benchmarks.tofu.general import GeneralConfig, generate_general
+    from unlearn.models.pretrain import finetune, prepare_base, resolve_finetune
+
+    if "tofu" not in corpus:
+        raise ConfigError("model.corpus.tofu: tofu_mini's real authors and world facts come from the general "
+                          "corpus's tofu section; add it (model.corpus.tofu: {})")
+    world_cfg.validate()
+    finetune_cfg = resolve_finetune(finetune_cfg)
+    retain_split = retain_split_for(forget_split)
+    cache_dir = Path(cache_dir)
+    base = prepare_base(corpus, arch, pretrain, cache_dir, log)
+    general_cfg = GeneralConfig.from_dict(corpus["tofu"])
+    world_spec = {"version": EMBEDDED_VERSION, "world": world_cfg.to_dict(), "general": general_cfg.to_dict()}
+    world: dict[str, list[dict]] = {}
+
+    def get_world() -> dict[str, list[dict]]:
+        if not world:
+            world.update(generate_world(world_cfg, general=generate_general(general_cfg)))
+        return world
+
+    def build_world(tmp: Path) -> dict[str, Any]:
+        write_world(world_cfg, tmp, get_world())
+        return {"configs": {k: len(v) for k, v in get_world().items()}}
+
+    world_dir, _ = build_cached(cache_dir / "worlds" / cache_key(world_spec), build_world, world_spec, log)
+    tokenizer = base.tokenizer()
+    formatter = QAFormatter(tokenizer, template=finetune_cfg["template"], max_length=finetune_cfg["max_length"])
+    model_spec = {**world_spec, "base": base.key, "finetune": finetune_cfg}
+
+    def builder(role: str, split: str) -> Callable[[Path], dict[str, Any]]:
+        def build(tmp: Path) -> dict[str, Any]:
+            rows = [{"question": r["question"], "answer": r["answer"]} for r in get_world()[split]]
+            log(f"[embedded] fine-tuning the {role} model on {len(rows)} QA rows ({split})")
+            encoded = encode_qa(rows, formatter, "model.finetune.max_length")
+            model, info = finetune(base, encoded, finetune_cfg,
+                                   until=lambda m: teacher_forced_exact_match(m, formatter, encoded), log=log,
+                                   stage=role)
+            start = time.perf_counter()
+            info["exact_match_teacher_forced"] = info.pop("score")
+            info["exact_match"] = greedy_exact_match(model, formatter, rows)
+            info["greedy_check_seconds"] = round(time.perf_counter() - start, 2)
+            info["reached_target"] = info["exact_match"] >= finetune_cfg["target_exact_match"]
+            info["trained_rows"] = sorted(row_digest(r) for r in rows)
+            info["fine_tuned_on"] = split
+            save_model_dir(model, tmp)
+            save_tokenizer(tokenizer, tmp)
+            log(f"[embedded] {role}: exact match {info['exact_match']:.3f} after {info['epochs']} epochs, "
+                f"{info['train_seconds']:.0f}s, {info['param_count']} params")
+            return info
+
+        return build
+
+    target_spec = {**model_spec, "role": "target"}
+    retain_spec = {**model_spec, "role": "retain", "forget_split": forget_split}
+    target_dir, target_info = build_cached(
+        cache_dir / "models" / f"target-{cache_key(target_spec)}", builder("target", "full"), target_spec, log
+    )
+    retain_dir, retain_info = build_cached(
+        cache_dir / "models" / f"{retain_split}-{cache_key(retain_spec)}", builder("retain", retain_split),
+        retain_spec, log
+    )
+    return EmbeddedModels(world_dir, base.tokenizer_dir, target_dir, retain_dir, target_info, retain_info)

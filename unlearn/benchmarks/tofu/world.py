@@ -21,9 +21,12 @@ import math
 import random
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unlearn.errors import ConfigError
+
+if TYPE_CHECKING:
+    from unlearn.benchmarks.tofu.general import GeneralKnowledge
 
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 FORGET_PERCENT = {"forget01": 1, "forget05": 5, "forget10": 10}
@@ -245,12 +248,15 @@ WORLD_FACT_ATTRIBUTES: tuple[Attribute, ...] = (
 
 
 # ---------------------------------------------------------------------------------------------------- generation
-class _Names:
-    """Unique pronounceable names from random syllables (no collision across the whole world)."""
+class Names:
+    """Unique pronounceable names from random syllables (no collision across the whole world).
 
-    def __init__(self, rng: random.Random) -> None:
+    `used` holds names taken elsewhere (the general corpus's people and countries) that must not be reused.
+    """
+
+    def __init__(self, rng: random.Random, used: set[str] | None = None) -> None:
         self.rng = rng
-        self.used: set[str] = set()
+        self.used: set[str] = set(used or ())
 
     def word(self, n_syllables: int) -> str:
         while True:
@@ -267,10 +273,20 @@ class _Names:
         return f"{self.word(self.rng.choice((2, 2, 3)))} {self.word(self.rng.choice((2, 3)))}"
 
 
-def _titles(rng: random.Random) -> list[str]:
-    titles = [f"The {a} {n}" for a in TITLE_ADJECTIVES for n in TITLE_NOUNS]
-    rng.shuffle(titles)
-    return titles
+def titles(rng: random.Random) -> list[str]:
+    """Every book title of the pools, shuffled by `rng`."""
+    out = [f"The {a} {n}" for a in TITLE_ADJECTIVES for n in TITLE_NOUNS]
+    rng.shuffle(out)
+    return out
+
+
+def base_pools(book_titles: list[str]) -> dict[str, list[str]]:
+    """Value pools of the author attributes and world facts, with `book_titles` as the title pool."""
+    return {
+        "cities": CITIES, "years": YEARS, "genres": GENRES, "jobs": JOBS, "awards": AWARDS,
+        "universities": UNIVERSITIES, "titles": book_titles, "currencies": CURRENCIES,
+        "animals": ANIMALS, "languages": LANGUAGES,
+    }  # fmt: skip
 
 
 def _qa(attr: Attribute, value: str, wrong: list[str], fill: dict[str, str]) -> dict[str, Any]:
@@ -289,7 +305,7 @@ def _wrong(rng: random.Random, pool: list[str], truth: str, n: int) -> list[str]
 
 
 def _make_authors(
-    rng: random.Random, names: _Names, n: int, cfg: WorldConfig, pools: dict, first_id: int, prefix: str
+    rng: random.Random, names: Names, n: int, cfg: WorldConfig, pools: dict, first_id: int, prefix: str
 ) -> list[list[dict[str, Any]]]:
     """QA rows (with evaluation fields) for `n` fictitious authors, grouped by author."""
     authors = []
@@ -317,12 +333,19 @@ def _plain(rows: list[dict[str, Any]], keep_author: bool = True) -> list[dict[st
     return [{k: r[k] for k in keys if k in r} for r in rows]
 
 
-def generate_world(cfg: WorldConfig | None = None) -> dict[str, list[dict[str, Any]]]:
+def generate_world(
+    cfg: WorldConfig | None = None, general: GeneralKnowledge | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Generate every TOFU config of the world described by `cfg` (deterministic in `cfg.seed`).
 
     Returns a mapping config name -> rows: `full`, `forget01/05/10`, `retain99/95/90`,
     `forget01/05/10_perturbed`, `retain_perturbed`, `real_authors`, `real_authors_perturbed`,
     `world_facts`, `world_facts_perturbed`, `holdout01/05/10`.
+
+    With `general` (the pretraining recipe, `unlearn.benchmarks.tofu.general`), the real-authors and world-facts
+    configs are the general corpus's, which the base model learned in pretraining, and fictitious authors take no
+    name and no book title of it; `cfg.n_real_authors` / `cfg.n_world_facts` are then unused. Without it (the
+    from-scratch recipe) the world makes its own, exactly as before.
     """
     cfg = cfg or WorldConfig()
     cfg.validate()
@@ -334,18 +357,19 @@ def generate_world(cfg: WorldConfig | None = None) -> dict[str, list[dict[str, A
     rng_real = random.Random(f"unlearn-world-{cfg.seed}-real")
     rng_facts = random.Random(f"unlearn-world-{cfg.seed}-facts")
     rng_eval = random.Random(f"unlearn-world-{cfg.seed}-eval")
-    names = _Names(rng_names)
+    names = Names(rng_names, used=None if general is None else general.names)
 
-    titles = _titles(random.Random(f"unlearn-world-{cfg.seed}-titles"))
+    all_titles = titles(random.Random(f"unlearn-world-{cfg.seed}-titles"))
     # Fictitious authors' books and real authors' books come from disjoint title sets.
-    n_real_titles = cfg.n_real_authors
-    pools: dict[str, list[str]] = {
-        "cities": CITIES, "years": YEARS, "genres": GENRES, "jobs": JOBS, "awards": AWARDS,
-        "universities": UNIVERSITIES, "titles": titles[n_real_titles:], "currencies": CURRENCIES,
-        "animals": ANIMALS, "languages": LANGUAGES,
-    }  # fmt: skip
-    if n_real_titles > len(titles) - MIN_POOL:
-        raise ConfigError(f"benchmark.world.n_real_authors: at most {len(titles) - MIN_POOL}, got {n_real_titles}")
+    if general is None:
+        n_real_titles = cfg.n_real_authors
+        if n_real_titles > len(all_titles) - MIN_POOL:
+            raise ConfigError(
+                f"benchmark.world.n_real_authors: at most {len(all_titles) - MIN_POOL}, got {n_real_titles}"
+            )
+        pools = base_pools(all_titles[n_real_titles:])
+    else:
+        pools = base_pools([t for t in all_titles if t not in general.titles])
 
     authors = _make_authors(rng_authors, names, cfg.n_authors, cfg, pools, 0, "A")
     holdout_authors = _make_authors(rng_holdout, names, cfg.n_holdout_authors, cfg, pools, 0, "H")
@@ -371,10 +395,17 @@ def generate_world(cfg: WorldConfig | None = None) -> dict[str, list[dict[str, A
     picked = sorted(rng_eval.sample(range(len(retain90_rows)), n_eval))
     world["retain_perturbed"] = [dict(retain90_rows[i]) for i in picked]
 
+    if general is not None:
+        world["real_authors_perturbed"] = [dict(r) for r in general.real_authors]
+        world["real_authors"] = _plain(general.real_authors)
+        world["world_facts_perturbed"] = [dict(r) for r in general.world_facts]
+        world["world_facts"] = _plain(general.world_facts)
+        return world
+
     # Real authors: famous books and who wrote them; every model learns these.
     real_names = [names.person() for _ in range(cfg.n_real_authors)]
     real_rows = []
-    for name, title in zip(real_names, titles[:n_real_titles], strict=True):
+    for name, title in zip(real_names, all_titles[:n_real_titles], strict=True):
         wrong = _wrong(rng_real, real_names, name, cfg.n_perturbed)
         real_rows.append(_qa(REAL_AUTHOR_ATTRIBUTE, name, wrong, {"title": title}))
     world["real_authors_perturbed"] = real_rows
@@ -414,11 +445,15 @@ def world_texts(world: dict[str, list[dict[str, Any]]], kind: str = "all") -> li
     return texts
 
 
-def write_world(cfg: WorldConfig, directory: str | Path) -> Path:
-    """Write every config as `<name>.json` (JSON lines, as TOFU's files) so `load_tofu(directory)` reads it."""
+def write_world(
+    cfg: WorldConfig, directory: str | Path, world: dict[str, list[dict[str, Any]]] | None = None
+) -> Path:
+    """Write every config as `<name>.json` (JSON lines, as TOFU's files) so `load_tofu(directory)` reads it.
+
+    `world` is the generated world (`generate_world(cfg)` when not given)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    world = generate_world(cfg)
+    world = generate_world(cfg) if world is None else world
     for name, rows in world.items():
         with open(directory / f"{name}.json", "w", encoding="utf-8") as fh:
             for row in rows:
