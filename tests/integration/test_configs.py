@@ -25,7 +25,9 @@ def test_micro_preset_matches_fixture_preset(tmp_path: Path) -> None:
     bench, model = micro_configs("forget10")
     assert {k: cfg["benchmark"]["world"][k] for k in bench["world"]} == bench["world"]
     assert {k: cfg["model"]["arch"][k] for k in model["arch"]} == model["arch"]
-    assert {k: cfg["model"]["pretrain"][k] for k in model["pretrain"]} == model["pretrain"]
+    for stage in ("pretrain", "finetune"):
+        assert {k: cfg["model"][stage][k] for k in model[stage]} == model[stage], stage
+    assert cfg["model"]["corpus"] == model["corpus"] and cfg["model"]["recipe"] == model["recipe"]
 
 
 def test_real_tofu_config_composes_with_hub_model(tmp_path: Path) -> None:
