@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning slowed small-model training 5-10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-slow test-distributed lint demo table bench clean-outputs
+.PHONY: setup test test-slow test-distributed lint demo table bench regime clean-outputs
 
 # torch first, by exact version (a CPU wheel; letting pip resolve it pulls a multi-GB CUDA build), then
 # DeepSpeed without build isolation (its build imports torch), then the package with every extra.
@@ -46,6 +46,11 @@ table:
 # writes outputs/bench/bench.json + bench.md (archived per run under outputs/bench/runs/). CUDA adds a 1B section.
 bench:
 	$(BIN)/python -m experiments.bench
+
+# Do the embedded worlds behave like the real benchmarks? NPO/BLUR-NPO/GradDiff/GA trajectories over 3 worlds;
+# writes outputs/regime/regime.json + regime.png and fails if a required property does not hold.
+regime:
+	$(BIN)/python -m experiments.regime
 
 clean-outputs:
 	@echo "outputs/ holds finished runs; remove it by hand if you really mean to."
