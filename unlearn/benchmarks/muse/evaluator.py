@@ -9,7 +9,7 @@ retrained model's items, into MUSE's numbers (definitions and MUSE's code lines:
 | `verbmem_forget`   | `verbmem/forget` (prompt, gt)      | ROUGE-L F1 of the greedy continuation    | `verbmem_f`    |
 | `knowmem_forget`   | `knowmem/forget_qa` (+ `_icl`)     | ROUGE-L F1 of the cut few-shot answer    | `knowmem_f`    |
 | `knowmem_retain`   | `knowmem/retain_qa` (+ `_icl`)     | same                                     | `knowmem_r`    |
-| `privleak_forget`  | `privleak/forget` (text)           | Min-K% score (k = 40%)                   | `privleak_auc`, `privleak` |
+| `privleak_forget`  | `privleak/forget` (text)           | Min-K% score (k = 40%)                   | `privleak`     |
 | `privleak_holdout` | `privleak/holdout` (text)          | Min-K% score                             |                |
 
 VerbMem and KnowMem are reported x 100, as MUSE and the BLUR paper do. PrivLeak needs the retrained model's AUC:
@@ -28,6 +28,7 @@ import pandas as pd
 
 from unlearn.errors import ConfigError
 from unlearn.evals.base import EVALUATORS, Evaluator
+from unlearn.evals.metrics import rouge_l_recall
 from unlearn.evals.muse_metrics import (
     PRIVLEAK_RATIO,
     cut_answer,
@@ -37,7 +38,6 @@ from unlearn.evals.muse_metrics import (
     privleak,
     rouge_l_f1,
 )
-from unlearn.evals.metrics import rouge_l_recall
 from unlearn.evals.scoring import continue_greedy, token_logprobs
 
 if TYPE_CHECKING:
