@@ -29,6 +29,8 @@ from unlearn.data.text import TextChunker
 from unlearn.errors import ConfigError
 
 CHUNK_KEYS = frozenset({"max_length", "concatenate"})
+#: Benchmark keys read by the MUSE evaluator's config (configs/eval/muse.yaml), accepted here unused.
+EVAL_KEYS = frozenset({"verbmem_max_new_tokens", "knowmem_max_new_tokens", "eval_max_length", "auc_retrain"})
 ROLE_NAMES = {"target": "Original", "retain": "Retrain"}
 
 
@@ -39,7 +41,7 @@ def _chunk_length(bench: dict[str, Any], default: int) -> int:
     return value
 
 
-def muse_task(name: str, data: MuseData, tokenizer: Any, models: dict[str, str], max_length: int,
+def muse_task(name: str, tag: str, data: MuseData, tokenizer: Any, models: dict[str, str], max_length: int,
               concatenate: bool) -> Task:
     """Chunk the forget and retain texts into training examples and wrap the evaluation data.
 
@@ -55,7 +57,7 @@ def muse_task(name: str, data: MuseData, tokenizer: Any, models: dict[str, str],
                  data.privleak_forget, data.privleak_holdout]
     return Task(
         benchmark=name,
-        tag=data.name,
+        tag=tag,
         tokenizer=tokenizer,
         forget=forget,
         retain=retain,
@@ -64,7 +66,7 @@ def muse_task(name: str, data: MuseData, tokenizer: Any, models: dict[str, str],
         eval_data={"muse": data},
         fingerprint=fingerprint("muse", tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer), evaluated),
         role_names=dict(ROLE_NAMES),
-        info={"n_forget_chunks": len(forget), "n_retain_chunks": len(retain), "chunk_length": max_length},
+        info={"corpus": data.name, "n_forget_chunks": len(forget), "n_retain_chunks": len(retain), "chunk_length": max_length},
     )
 
 
@@ -76,7 +78,7 @@ class Muse(Benchmark):
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
         super().__init__(bench, model)
-        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | {"corpus", "source", "data_dir", "forget_split"},
+        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | EVAL_KEYS | {"corpus", "source", "data_dir", "forget_split"},
                    "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | {"path", "retain_path", "tokenizer"}, "model")
         check_model_common(model)
@@ -116,7 +118,7 @@ class Muse(Benchmark):
         models = {"target": self.path}
         if self.retain_path is not None:
             models["retain"] = self.retain_path
-        return muse_task("muse", data, tokenizer, models, self.max_length, self.concatenate)
+        return muse_task("muse", self.tag, data, tokenizer, models, self.max_length, self.concatenate)
 
 
 @BENCHMARKS.register("muse_mini")
@@ -130,7 +132,7 @@ class MuseMini(Benchmark):
         from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
 
         super().__init__(bench, model)
-        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | {"world", "forget_split"}, "benchmark")
+        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | EVAL_KEYS | {"world", "forget_split"}, "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | {"recipe", "arch", "corpus", "pretrain", "finetune"}, "model")
         check_model_common(model)
         require_source(model, "embedded", "muse_mini")
@@ -160,4 +162,4 @@ class MuseMini(Benchmark):
         tokenizer = load_trained_tokenizer(built.tokenizer_dir)
         data = load_muse("news_mini", "muse_mini", self.forget_split, data_dir=built.world_dir)
         models = {"target": str(built.target_dir), "retain": str(built.retain_dir)}
-        return muse_task("muse_mini", data, tokenizer, models, self.max_length, concatenate=False)
+        return muse_task("muse_mini", self.tag, data, tokenizer, models, self.max_length, concatenate=False)
