@@ -66,7 +66,8 @@ def muse_task(name: str, tag: str, data: MuseData, tokenizer: Any, models: dict[
         eval_data={"muse": data},
         fingerprint=fingerprint("muse", tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer), evaluated),
         role_names=dict(ROLE_NAMES),
-        info={"corpus": data.name, "n_forget_chunks": len(forget), "n_retain_chunks": len(retain), "chunk_length": max_length},
+        info={"corpus": data.name, "n_forget_chunks": len(forget), "n_retain_chunks": len(retain),
+              "chunk_length": max_length},
     )
 
 
