@@ -50,7 +50,8 @@ def build_report(root: str | Path, out: str | Path, metrics: Sequence[str] | Non
     if frame.empty:
         raise FileNotFoundError(f"no finished run (summary.json + config.yaml) under {root}")
     metrics = list(metrics or headline_metrics(root))
-    metrics += sorted(c for c in frame.columns if c.startswith("relearn_") and c not in metrics)
+    metrics += [f"relearn_{m}" for m in list(metrics) if m.startswith("forget") and f"relearn_{m}" in frame.columns
+                and f"relearn_{m}" not in metrics]
     params = param_columns(frame)
     rows = table_rows(frame)
     rows[params] = rows[params].astype(object)
