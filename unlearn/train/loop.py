@@ -108,6 +108,8 @@ class Unlearner:
     ) -> None:
         self.forget_loss, self.retain_loss, self.rule = forget_loss, retain_loss, rule
         self.backend, self.collate, self.cfg = backend, collate, cfg
+        for objective in (forget_loss, retain_loss):  # fixed random state (RMU's v) from the unwrapped model
+            objective.setup(model, seed=cfg.seed)
         self.model = backend.setup(model, make_optimizer)
         self.ref_model = backend.prepare_reference(ref_model) if ref_model is not None else None
         if (forget_loss.needs_ref or retain_loss.needs_ref) and self.ref_model is None:
@@ -193,6 +195,9 @@ class Unlearner:
         if resume_from is not None:
             state = self.backend.load_checkpoint(Path(resume_from))
             start = int(state["step"])
+            saved = state.get("objectives") or {}
+            self.forget_loss.load_state_dict(saved.get("forget") or {})
+            self.retain_loss.load_state_dict(saved.get("retain") or {})
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             for _ in range(start):  # the sampler is a pure function of the seed: replay it to the saved step
@@ -209,6 +214,7 @@ class Unlearner:
             every = self.cfg.checkpoint_every
             if checkpoint_dir is not None and every and (step % every == 0 or step == total):
                 sched = self.scheduler.state_dict() if self.scheduler is not None else None
-                self.backend.save_checkpoint(Path(checkpoint_dir), step, {"scheduler": sched},
+                objectives = {"forget": self.forget_loss.state_dict(), "retain": self.retain_loss.state_dict()}
+                self.backend.save_checkpoint(Path(checkpoint_dir), step, {"scheduler": sched, "objectives": objectives},
                                              keep=self.cfg.keep_checkpoints)
         return rows
