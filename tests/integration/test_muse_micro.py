@@ -86,3 +86,25 @@ def test_unlearning_removes_verbatim_memory(method: str, muse_task: Task, micro_
                                    "privleak_holdout"}
     again = resummarise(run_dir)
     assert all(again[k] == summary[k] for k in again)
+
+
+def test_start_from_must_be_a_saved_model(tmp_path: Path) -> None:
+    from unlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"benchmark\.start_from"):
+        plan(muse_cfg(tmp_path, f"benchmark.start_from={tmp_path}"))
+
+
+@pytest.mark.slow
+def test_sustainability_chains_requests(muse_task: Task, micro_cache_dir: Path, tmp_path: Path) -> None:
+    """Each request starts from the previous request's unlearned model; the table has one row per request."""
+    from experiments.muse_protocols import run_protocol
+
+    table = run_protocol("sust", "muse_micro", "npo", tmp_path, [], [f"cache_dir={micro_cache_dir}",
+                                                                      "trainer.max_steps=2"])
+    assert list(table.index) == ["Original", "Retrain", *(f"npo request {k}" for k in range(1, 5))]
+    for k in range(2, 5):
+        cfg = (tmp_path / "sust" / f"npo_sust_{k}" / "config.yaml").read_text()
+        assert f"start_from: {tmp_path / 'sust' / f'npo_sust_{k - 1}' / 'model'}" in cfg
+    # Unlearning requests add up: after all four the forget articles are reproduced less than after the first.
+    assert table.loc["npo request 4", "verbmem_f"] < table.loc["npo request 1", "verbmem_f"]
