@@ -108,3 +108,11 @@ def test_sustainability_chains_requests(muse_task: Task, micro_cache_dir: Path, 
         assert f"start_from: {tmp_path / 'sust' / f'npo_sust_{k - 1}' / 'model'}" in cfg
     # Unlearning requests add up: after all four the forget articles are reproduced less than after the first.
     assert table.loc["npo request 4", "verbmem_f"] < table.loc["npo request 1", "verbmem_f"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml")))
+def test_every_method_config_runs(method: str, muse_task: Task, micro_cache_dir: Path, tmp_path: Path) -> None:
+    summary = run_experiment(muse_cfg(micro_cache_dir, f"method={method}", "trainer.max_steps=2",
+                                      "eval_reference_models=false"), tmp_path / "run", console_print=False)
+    assert summary["steps"] == 2 and 0.0 <= summary["verbmem_f"] <= 100.0
