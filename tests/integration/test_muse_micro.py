@@ -116,3 +116,22 @@ def test_every_method_config_runs(method: str, muse_task: Task, micro_cache_dir:
     summary = run_experiment(muse_cfg(micro_cache_dir, f"method={method}", "trainer.max_steps=2",
                                       "eval_reference_models=false"), tmp_path / "run", console_print=False)
     assert summary["steps"] == 2 and 0.0 <= summary["verbmem_f"] <= 100.0
+
+
+def test_real_muse_benchmark_on_a_local_copy(muse_task: Task, micro_cache_dir: Path) -> None:
+    """`benchmark=muse_news` with `data_dir` and local model directories: the hub code path without the hub."""
+    from unlearn.benchmarks.muse.data import local_path
+
+    world_dir = next(p for p in (micro_cache_dir / "worlds").iterdir()
+                     if p.name.startswith("muse-") and local_path(p, "raw", "forget"))
+    cfg = OmegaConf.to_container(muse_cfg(micro_cache_dir, f"benchmark.data_dir={world_dir}",
+                                          f"model.path={muse_task.models['target']}",
+                                          f"model.retain_path={muse_task.models['retain']}",
+                                          f"model.tokenizer={muse_task.models['target']}", "model.dtype=float32",
+                                          "benchmark.max_length=64", benchmark="muse_news"), resolve=True)
+    task = prepare_benchmark(cfg["benchmark"], cfg["model"], micro_cache_dir, log=lambda _m: None)
+    assert task.tag == "news-forget" and task.role_names == {"target": "Original", "retain": "Retrain"}
+    # MUSE's chunking: the whole forget text joined, cut into 64-token chunks with bos first.
+    assert all(len(e["input_ids"]) <= 64 and e["input_ids"][0] == task.tokenizer.bos_token_id for e in task.forget)
+    assert sum(len(e["input_ids"]) == 64 for e in task.forget) == len(task.forget) - 1
+    assert task.eval_data["muse"].verbmem == muse_task.eval_data["muse"].verbmem
