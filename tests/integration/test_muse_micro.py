@@ -51,9 +51,16 @@ def test_shipped_muse_configs_plan(benchmark: str, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def muse_task(micro_cache_dir: Path) -> Task:
+def muse_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """muse_micro's own session cache: its base differs from tofu_micro's (other corpus), and tests of the TOFU
+    build count the bases in theirs."""
+    return tmp_path_factory.mktemp("muse_cache")
+
+
+@pytest.fixture(scope="session")
+def muse_task(muse_cache_dir: Path) -> Task:
     bench, model = micro_configs()
-    return prepare_benchmark(bench, model, micro_cache_dir, log=lambda _m: None)
+    return prepare_benchmark(bench, model, muse_cache_dir, log=lambda _m: None)
 
 
 def test_retrained_model_never_saw_the_forget_articles(muse_task: Task) -> None:
@@ -66,10 +73,10 @@ def test_retrained_model_never_saw_the_forget_articles(muse_task: Task) -> None:
 
 
 @pytest.mark.parametrize("method", ["npo", "blur_npo"])
-def test_unlearning_removes_verbatim_memory(method: str, muse_task: Task, micro_cache_dir: Path,
+def test_unlearning_removes_verbatim_memory(method: str, muse_task: Task, muse_cache_dir: Path,
                                             tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    summary = run_experiment(muse_cfg(micro_cache_dir, f"method={method}"), run_dir, console_print=False)
+    summary = run_experiment(muse_cfg(muse_cache_dir, f"method={method}"), run_dir, console_print=False)
     refs = json.loads((run_dir / "references.json").read_text())
     original, retrain = refs["Original"], refs["Retrain"]
     # The embedded regime: the target reproduces its forget articles and is recognised as having seen them.
@@ -96,11 +103,11 @@ def test_start_from_must_be_a_saved_model(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sustainability_chains_requests(muse_task: Task, micro_cache_dir: Path, tmp_path: Path) -> None:
+def test_sustainability_chains_requests(muse_task: Task, muse_cache_dir: Path, tmp_path: Path) -> None:
     """Each request starts from the previous request's unlearned model; the table has one row per request."""
     from experiments.muse_protocols import run_protocol
 
-    table = run_protocol("sust", "muse_micro", "npo", tmp_path, [], [f"cache_dir={micro_cache_dir}",
+    table = run_protocol("sust", "muse_micro", "npo", tmp_path, [], [f"cache_dir={muse_cache_dir}",
                                                                       "trainer.max_steps=2"])
     assert list(table.index) == ["Original", "Retrain", *(f"npo request {k}" for k in range(1, 5))]
     for k in range(2, 5):
@@ -112,24 +119,24 @@ def test_sustainability_chains_requests(muse_task: Task, micro_cache_dir: Path, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(p.stem for p in (Path(CONFIG_DIR) / "method").glob("*.yaml")))
-def test_every_method_config_runs(method: str, muse_task: Task, micro_cache_dir: Path, tmp_path: Path) -> None:
-    summary = run_experiment(muse_cfg(micro_cache_dir, f"method={method}", "trainer.max_steps=2",
+def test_every_method_config_runs(method: str, muse_task: Task, muse_cache_dir: Path, tmp_path: Path) -> None:
+    summary = run_experiment(muse_cfg(muse_cache_dir, f"method={method}", "trainer.max_steps=2",
                                       "eval_reference_models=false"), tmp_path / "run", console_print=False)
     assert summary["steps"] == 2 and 0.0 <= summary["verbmem_f"] <= 100.0
 
 
-def test_real_muse_benchmark_on_a_local_copy(muse_task: Task, micro_cache_dir: Path) -> None:
+def test_real_muse_benchmark_on_a_local_copy(muse_task: Task, muse_cache_dir: Path) -> None:
     """`benchmark=muse_news` with `data_dir` and local model directories: the hub code path without the hub."""
     from unlearn.benchmarks.muse.data import local_path
 
-    world_dir = next(p for p in (micro_cache_dir / "worlds").iterdir()
+    world_dir = next(p for p in (muse_cache_dir / "worlds").iterdir()
                      if p.name.startswith("muse-") and local_path(p, "raw", "forget"))
-    cfg = OmegaConf.to_container(muse_cfg(micro_cache_dir, f"benchmark.data_dir={world_dir}",
+    cfg = OmegaConf.to_container(muse_cfg(muse_cache_dir, f"benchmark.data_dir={world_dir}",
                                           f"model.path={muse_task.models['target']}",
                                           f"model.retain_path={muse_task.models['retain']}",
                                           f"model.tokenizer={muse_task.models['target']}", "model.dtype=float32",
                                           "benchmark.max_length=64", benchmark="muse_news"), resolve=True)
-    task = prepare_benchmark(cfg["benchmark"], cfg["model"], micro_cache_dir, log=lambda _m: None)
+    task = prepare_benchmark(cfg["benchmark"], cfg["model"], muse_cache_dir, log=lambda _m: None)
     assert task.tag == "news-forget" and task.role_names == {"target": "Original", "retain": "Retrain"}
     # MUSE's chunking: the whole forget text joined, cut into 64-token chunks with bos first.
     assert all(len(e["input_ids"]) <= 64 and e["input_ids"][0] == task.tokenizer.bos_token_id for e in task.forget)
