@@ -44,7 +44,9 @@ from unlearn.report.table import to_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 METRICS = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility", "forget_rouge",
-           "retain_rouge")
+           "retain_rouge", "forget_prob", "relearn_forget_prob", "relearn_forget_quality")
+#: The relearning attack every run ends with (docs/metrics.md#relearning-attack): the `relearn_*` columns.
+RELEARN = ("relearn.steps=10", "relearn.fraction=0.5")
 LR_KEY = "optimizer.lr"
 
 
@@ -96,10 +98,10 @@ QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
     "blur_npo": {"method.direction.gamma": [0.5, 1.0]},
 }
 PROTOCOLS = {
-    "full": Protocol("full", ("benchmark=tofu_mini",), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
+    "full": Protocol("full", ("benchmark=tofu_mini", *RELEARN), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
                      seeds=(0, 1, 2), dev_seeds=(0,), grids=FULL_GRIDS,
                      heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]}),
-    "quick": Protocol("quick", ("benchmark=tofu_micro",), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
+    "quick": Protocol("quick", ("benchmark=tofu_micro", *RELEARN), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
                       dev_seeds=(0,), grids=QUICK_GRIDS,
                       heatmap={"method.direction.gamma": [0.5, 1.0], "method.forget.beta": [0.1, 0.2]}),
 }
@@ -271,7 +273,8 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         agg.to_csv(out / f"table_{split}.csv")
         md = to_markdown(format_table(agg, metrics))
         (out / f"table_{split}.md").write_text(md + "\n")
-        lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, ""]
+        lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, "",
+                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack).", ""]
         pick = chosen[chosen["split"] == split]
         lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
             ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
