@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from unlearn.benchmarks.base import Benchmark, Task, build_benchmark
 from unlearn.config import to_container, validate_required
@@ -214,18 +216,22 @@ def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mappin
     return target, yaml.safe_load(saved.read_text()), checkpoint
 
 
-def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: bool = True) -> dict[str, float]:
-    """Run one experiment into `run_dir` and return its summary metrics."""
+def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: bool = True,
+                   progress: bool | None = None) -> dict[str, float]:
+    """Run one experiment into `run_dir` and return its summary metrics.
+
+    `progress`: a progress bar over the unlearning steps (None: when stderr is a terminal and `console_print`)."""
     run_dir, cfg, resume_from = _resolve_resume(cfg, Path(run_dir))
     p = plan(cfg)
     try:
-        return _run_planned(p, run_dir, resume_from, console_print)
+        return _run_planned(p, run_dir, resume_from, console_print, progress)
     except BaseException:
         p.logger.finish(failed=True)  # an external logger's run is closed (marked failed) on any failure too
         raise
 
 
-def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool) -> dict[str, float]:
+def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool,
+                 progress: bool | None) -> dict[str, float]:
     # The backend first: under torchrun it joins the process group, and from here on only rank 0 writes files.
     backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
     main = backend.rank == 0
@@ -292,8 +298,14 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     log(f"[unlearn] {method} on {task.benchmark}/{task.tag}: {len(task.forget)} forget, {len(task.retain)} retain "
         f"examples, {total} steps, {backend.world_size} process(es) -> {run_dir}")
 
+    # A progress bar on an interactive console only (quiet in logs, tests and multirun jobs: `progress=False`).
+    bar = tqdm(total=total, initial=resume_step or 0, desc=f"unlearn {method}", unit="step", leave=False,
+               disable=not (main and console_print and (progress if progress is not None else sys.stderr.isatty())))
+
     def on_step(row: dict[str, float]) -> None:
         step = int(row["step"])
+        bar.update(1)
+        bar.set_postfix(loss_f=f"{row.get('loss_f', float('nan')):.3g}", refresh=False)
         if writer is not None:
             writer.write(row)
             p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
@@ -310,6 +322,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
         unlearner.run(task.forget, task.retain, on_step=on_step, checkpoint_dir=run_dir / "checkpoints",
                       resume_from=resume_from)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     timings["unlearn_seconds"] = time.perf_counter() - t0
