@@ -3,17 +3,63 @@ the summary (relearning attack included) and the per-item tables; a failing run 
 
 from __future__ import annotations
 
-import json
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from tests.integration.helpers import micro_cfg
 from unlearn.pipeline import run_experiment
 
 wandb = pytest.importorskip("wandb")
+BLOCK = 32768  # W&B's transaction log: LevelDB-style 32 KiB blocks after a 7-byte header
+
+
+def read_records(path: Path) -> list[Any]:
+    """The protobuf records of an offline run's `run-*.wandb` file (the SDK no longer ships a reader).
+
+    Layout: `:W&B` + magic 0xBEE1 + version 0, then records of (crc32 u32, length u16, type u8, data) that never
+    cross a block boundary; types 1 full, 2 first, 3 middle, 4 last (a record split over blocks)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", path
+    pos, out, buf = 7, [], b""
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            buf = chunk
+        elif kind == 3:
+            buf += chunk
+        elif kind == 4:
+            out.append(buf + chunk)
+            buf = b""
+    records = []
+    for chunk in out:
+        record = pb.Record()
+        record.ParseFromString(chunk)
+        records.append(record)
+    return records
+
+
+def logged_keys(records: list[Any], kind: str) -> set[str]:
+    keys = set()
+    for r in records:
+        if r.WhichOneof("record_type") == kind:
+            for item in getattr(r, kind).item if kind == "history" else r.summary.update:
+                keys.add(item.key or "/".join(item.nested_key))
+    return keys
 
 
 @pytest.mark.slow
@@ -27,15 +73,17 @@ def test_wandb_offline_run_holds_the_logged_keys(micro_prepared: Any, micro_cach
     assert "relearn_forget_prob" in summary and "relearn_forget_quality" in summary
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    files = runs[0] / "files"
-    logged = json.loads((files / "wandb-summary.json").read_text())
-    for key in ("train/loss_f", "train/cos_fr", "train/A_f", "eval/forget_quality", "eval/model_utility",
-                "forget_quality", "forget_log_truth_ratio_gap", "relearn_forget_prob"):
-        assert key in logged, key
-    assert logged["forget_quality"] == pytest.approx(summary["forget_quality"])
-    assert logged["items/tofu"]["_type"] == "table-file" and logged["results"]["_type"] == "table-file"
-    config = yaml.safe_load((files / "config.yaml").read_text())
-    assert config["method"]["value"]["name"] == "npo"
+    records = read_records(next(runs[0].glob("run-*.wandb")))
+    history, final = logged_keys(records, "history"), logged_keys(records, "summary")
+    for key in ("train/loss_f", "train/loss_r", "train/cos_fr", "train/A_f", "eval/forget_quality",
+                "eval/model_utility", "eval/forget_log_truth_ratio_gap", "items/tofu/_type", "results/_type"):
+        assert key in history, key
+    for key in ("forget_quality", "forget_log_truth_ratio_gap", "model_utility", "relearn_forget_prob"):
+        assert key in final, key
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    config = {item.key: item.value_json for item in run.config.update}
+    assert '"npo"' in config["method"] and "relearn" in config
+    assert list((runs[0] / "files" / "media" / "table").rglob("*.table.json"))  # the per-item table itself
     assert wandb.run is None  # finished
 
 
