@@ -40,6 +40,7 @@ from unlearn.evals.relearn import RelearnConfig, prefixed, relearn
 from unlearn.loggers import LOGGERS
 from unlearn.models.build import load_model
 from unlearn.models.lora import apply_lora, resolve_lora
+from unlearn.models.trainable import apply_trainable, resolve_trainable
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.report.table import print_table, summary_frame
 from unlearn.train.backend import BACKENDS, check_trainer
@@ -83,6 +84,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     cfg = to_container(cfg)
     validate_required(cfg)
     resolve_lora(cfg["model"].get("lora"))
+    resolve_trainable(cfg["model"].get("trainable"))
     benchmark = build_benchmark(cfg["benchmark"], cfg["model"])
     evaluators = build_evaluators(cfg["eval"])
     for ev in evaluators:
@@ -261,6 +263,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     model = _load(p.cfg, task.models["target"])
     loaded_dtype = next(model.parameters()).dtype  # mixed precision trains float32 masters; results go back to it
     model = apply_lora(model, p.cfg["model"].get("lora"))  # unchanged unless model.lora is set
+    trainable = apply_trainable(model, p.cfg["model"].get("trainable"))  # before any backend wraps the model
 
     # -- reference rows (Original, Retain): evaluated on rank 0, cached ------------------------------------------
     t0 = time.perf_counter()
@@ -296,7 +299,8 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     if main:
         p.logger.start(p.cfg, run_dir)
     log(f"[unlearn] {method} on {task.benchmark}/{task.tag}: {len(task.forget)} forget, {len(task.retain)} retain "
-        f"examples, {total} steps, {backend.world_size} process(es) -> {run_dir}")
+        f"examples, {total} steps, {len(trainable)} trained parameter tensors, {backend.world_size} process(es) -> "
+        f"{run_dir}")
 
     # A progress bar on an interactive console only (quiet in logs, tests and multirun jobs: `progress=False`).
     bar = tqdm(total=total, initial=resume_step or 0, desc=f"unlearn {method}", unit="step", leave=False,
