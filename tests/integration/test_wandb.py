@@ -4,6 +4,7 @@ the summary (relearning attack included) and the per-item tables; a failing run 
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def read_records(path: Path) -> list[Any]:
     return records
 
 
+def finished_records(run: Path, timeout: float = 120.0) -> list[Any]:
+    """The records of an offline run once the W&B service has written its `exit` record (it writes the file
+    asynchronously, after `finish()` returns)."""
+    wandb.teardown()  # stops the service, which flushes what it holds
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_records(next(run.glob("run-*.wandb")))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(1.0)
+
+
 def logged_keys(records: list[Any], kind: str) -> set[str]:
     keys = set()
     for r in records:
@@ -73,7 +86,7 @@ def test_wandb_offline_run_holds_the_logged_keys(micro_prepared: Any, micro_cach
     assert "relearn_forget_prob" in summary and "relearn_forget_quality" in summary
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
-    records = read_records(next(runs[0].glob("run-*.wandb")))
+    records = finished_records(runs[0])
     history, final = logged_keys(records, "history"), logged_keys(records, "summary")
     for key in ("train/loss_f", "train/loss_r", "train/cos_fr", "train/A_f", "eval/forget_quality",
                 "eval/model_utility", "eval/forget_log_truth_ratio_gap", "items/tofu/_type", "results/_type"):
@@ -102,3 +115,21 @@ def test_wandb_run_is_finished_when_the_run_fails(micro_prepared: Any, micro_cac
         run_experiment(cfg, tmp_path / "run", console_print=False)
     assert wandb.run is None
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.slow
+def test_report_logs_its_figures_to_wandb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.unit.test_report import refs_for, write_run
+    from unlearn.loggers import WandbLogger
+    from unlearn.report.__main__ import build_report
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / f"s{seed}", seed=seed, summary={"forget_quality": 0.1 * (seed + 1),
+                  "model_utility": 0.7}, refs=refs_for(0))
+    build_report(tmp_path / "runs", tmp_path / "report", metrics=["forget_quality", "model_utility"],
+                 logger=WandbLogger(mode="offline"))
+    run = next((tmp_path / "report" / "wandb").glob("offline-run-*"))
+    history = logged_keys(finished_records(run), "history")
+    assert {"report/table/_type", "report/tradeoff/_type", "report/diagnostics/_type"} <= history
+    assert list((run / "files" / "media" / "images").rglob("*.png"))
