@@ -44,7 +44,7 @@ from unlearn.report.table import to_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 METRICS = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility", "forget_rouge",
-           "retain_rouge", "forget_prob", "relearn_forget_prob", "relearn_forget_quality")
+           "retain_rouge", "forget_prob", "relearn_forget_prob", "relearn_recovery", "relearn_forget_quality")
 #: The relearning attack every run ends with (docs/metrics.md#relearning-attack): the `relearn_*` columns.
 RELEARN = ("relearn.steps=10", "relearn.fraction=0.5")
 LR_KEY = "optimizer.lr"
@@ -212,10 +212,22 @@ def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, p
         tuned = apply_selection(pts, pick, ["point_name", "epoch"])
         parts.append(tuned.assign(row=lambda f: f["method"] + " (tuned)"))
     rows = pd.concat(parts, ignore_index=True)
+    if "relearn_forget_prob" in rows.columns:
+        rows["relearn_recovery"] = relearn_recovery(rows)
     order = [*proto.grids, *(f"{m} (tuned)" for m in proto.grids)]
     agg = aggregate(rows, ["row"], metrics)
     agg.index.name = "model"
     return order_models(agg, methods=order)
+
+
+def relearn_recovery(rows: pd.DataFrame, metric: str = "forget_prob") -> pd.Series:
+    """The share of what unlearning removed that the relearning attack brings back, per run:
+    `(relearn_m - m) / (m_Original - m)` with the Original (target) of the same world; 0 = nothing comes back,
+    1 = back to the target. NaN for reference rows and for tuned rows read at an earlier epoch (the attack runs
+    on the final model only)."""
+    original = rows[rows["model"] == "Original"].drop_duplicates("world").set_index("world")[metric]
+    out = (rows[f"relearn_{metric}"] - rows[metric]) / (rows["world"].map(original) - rows[metric])
+    return out.where(rows["kind"] == "method")
 
 
 def paper_block(split: str, benchmark: str = "tofu") -> pd.DataFrame:
@@ -274,7 +286,10 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         md = to_markdown(format_table(agg, metrics))
         (out / f"table_{split}.md").write_text(md + "\n")
         lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, "",
-                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack).", ""]
+                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack; final "
+                  "models only, so a tuned row read at an earlier epoch has none); `relearn_recovery`: the share of "
+                  "the forget-set probability removed by unlearning that the attack brings back (0: none, 1: all).",
+                  ""]
         pick = chosen[chosen["split"] == split]
         lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
             ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
