@@ -38,6 +38,21 @@ def test_runs_are_named_by_what_they_run() -> None:
     assert all("relearn.steps=10" in o for o in runs.values())
 
 
+def test_relearn_recovery_by_hand() -> None:
+    rows = pd.DataFrame([
+        {"model": "Original", "kind": "reference", "world": 1, "forget_prob": 0.9, "relearn_forget_prob": None},
+        {"model": "Original", "kind": "reference", "world": 2, "forget_prob": 0.5, "relearn_forget_prob": None},
+        # world 1: unlearning took 0.9 -> 0.1, the attack brings it to 0.5: (0.5 - 0.1) / (0.9 - 0.1) = 0.5
+        {"model": "npo", "kind": "method", "world": 1, "forget_prob": 0.1, "relearn_forget_prob": 0.5},
+        # world 2: 0.5 -> 0.1, attack to 0.2: 0.1 / 0.4 = 0.25 (each run against its own world's target)
+        {"model": "npo", "kind": "method", "world": 2, "forget_prob": 0.1, "relearn_forget_prob": 0.2},
+        {"model": "npo (tuned)", "kind": "method", "world": 2, "forget_prob": 0.1, "relearn_forget_prob": None},
+    ])
+    got = R.relearn_recovery(rows)
+    assert got.iloc[:2].isna().all() and pd.isna(got.iloc[4])
+    assert got.iloc[2] == pytest.approx(0.5, rel=1e-12) and got.iloc[3] == pytest.approx(0.25, rel=1e-12)
+
+
 @pytest.mark.slow
 def test_quick_protocol_end_to_end(micro_prepared: Any, micro_cache_dir: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,6 +69,7 @@ def test_quick_protocol_end_to_end(micro_prepared: Any, micro_cache_dir: Path, t
     assert {"Original", "Retain", "npo", "blur_npo", "npo (tuned)", "blur_npo (tuned)"} <= set(table.index)
     assert (table.loc["Original", "forget_quality"] < table.loc["Retain", "forget_quality"])
     assert "relearn_forget_prob" in table.columns and "Published (BLUR paper" in report
+    assert table.loc["npo", "relearn_recovery"] == table.loc["npo", "relearn_recovery"]  # computed (not NaN)
     chosen = pd.read_csv(out / "selection.csv")
     assert set(chosen["method"]) == {"npo", "blur_npo"} and (chosen["epoch"] > 0).all()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
