@@ -297,7 +297,7 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         if not paper.empty:
             lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
                       "numbers:", "", to_markdown(paper), ""]
-    # -- figures (the first split; held-out paper-settings runs unless noted) --------------------------------
+    # -- figures (the last split; held-out paper-settings runs unless noted) --------------------------------
     split = proto.splits[-1]
     held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)]
     figs: dict[str, Path] = {}
