@@ -260,7 +260,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
         ev.check(task)
     timings = {"prepare_seconds": time.perf_counter() - t0}
     device = str(backend.device)
-    model = _load(p.cfg, task.models["target"])
+    model = _load(p.cfg, task.start or task.models["target"])  # `start`: a chain of unlearning requests
     loaded_dtype = next(model.parameters()).dtype  # mixed precision trains float32 masters; results go back to it
     model = apply_lora(model, p.cfg["model"].get("lora"))  # unchanged unless model.lora is set
     trainable = apply_trainable(model, p.cfg["model"].get("trainable"))  # before any backend wraps the model
@@ -293,7 +293,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     if main and eval_steps:
         trajectory = TrajectoryWriter(run_dir / "trajectory.jsonl", resume_after_step=resume_step)
         if resume_step is None:  # step 0: the target model, as the Original row when it was evaluated
-            start = rows.get(task.role_names.get("target", "target"))
+            start = None if task.start else rows.get(task.role_names.get("target", "target"))
             trajectory.write({"step": 0, "epoch": 0.0,
                               **(start or evaluate_now(p, task, model, loaded_dtype, references))})
     if main:

@@ -56,6 +56,8 @@ class Task:
             be served an old model's results.
         role_names: display names of the reference rows in tables.
         info: counts and settings for the run log.
+        start: the model unlearning starts from when it is not `models["target"]` (MUSE's sustainability
+            protocol: request k starts from request k-1's unlearned model); the reference rows stay the target's.
     """
 
     benchmark: str
@@ -70,6 +72,7 @@ class Task:
     fingerprint: str = ""
     role_names: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ROLE_NAMES))
     info: dict[str, Any] = field(default_factory=dict)
+    start: str | None = None
 
     def __post_init__(self) -> None:
         if "target" not in self.models:

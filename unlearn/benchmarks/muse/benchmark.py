@@ -32,6 +32,19 @@ CHUNK_KEYS = frozenset({"max_length", "concatenate"})
 #: Benchmark keys read by the MUSE evaluator's config (configs/eval/muse.yaml), accepted here unused.
 EVAL_KEYS = frozenset({"verbmem_max_new_tokens", "knowmem_max_new_tokens", "eval_max_length", "auc_retrain"})
 ROLE_NAMES = {"target": "Original", "retain": "Retrain"}
+PROTOCOL_KEYS = frozenset({"start_from"})
+COMMON_KEYS = SHARED_BENCH_KEYS | CHUNK_KEYS | EVAL_KEYS | PROTOCOL_KEYS | {"forget_split"}
+
+
+def _start_from(bench: dict[str, Any]) -> str | None:
+    """`benchmark.start_from`: a saved model directory to unlearn from instead of the target (sustainability)."""
+    value = bench.get("start_from")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not (Path(value).expanduser() / "config.json").is_file():
+        raise ConfigError(f"benchmark.start_from: {value!r} is not a saved model directory (no config.json); "
+                          "give the `model` directory of a run made with save_model=true")
+    return str(Path(value).expanduser())
 
 
 def _chunk_length(bench: dict[str, Any], default: int) -> int:
@@ -42,7 +55,7 @@ def _chunk_length(bench: dict[str, Any], default: int) -> int:
 
 
 def muse_task(name: str, tag: str, data: MuseData, tokenizer: Any, models: dict[str, str], max_length: int,
-              concatenate: bool) -> Task:
+              concatenate: bool, start: str | None = None) -> Task:
     """Chunk the forget and retain texts into training examples and wrap the evaluation data.
 
     The fingerprint covers every text the evaluator reads and the tokenizer's special ids, so a cached
@@ -66,6 +79,7 @@ def muse_task(name: str, tag: str, data: MuseData, tokenizer: Any, models: dict[
         eval_data={"muse": data},
         fingerprint=fingerprint("muse", tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer), evaluated),
         role_names=dict(ROLE_NAMES),
+        start=start,
         info={"corpus": data.name, "n_forget_chunks": len(forget), "n_retain_chunks": len(retain),
               "chunk_length": max_length},
     )
@@ -79,7 +93,7 @@ class Muse(Benchmark):
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
         super().__init__(bench, model)
-        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | EVAL_KEYS | {"corpus", "source", "data_dir", "forget_split"},
+        check_keys(bench, COMMON_KEYS | {"corpus", "source", "data_dir"},
                    "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | {"path", "retain_path", "tokenizer"}, "model")
         check_model_common(model)
@@ -94,6 +108,7 @@ class Muse(Benchmark):
             raise ConfigError(f"benchmark.data_dir: expected a directory or null, got {self.data_dir!r}")
         self.forget_split = bench.get("forget_split", "forget")
         check_forget_split(self.forget_split)
+        self.start = _start_from(bench)
         self.max_length = _chunk_length(bench, 2048)
         self.concatenate = bench.get("concatenate", True)
         if not isinstance(self.concatenate, bool):
@@ -119,7 +134,8 @@ class Muse(Benchmark):
         models = {"target": self.path}
         if self.retain_path is not None:
             models["retain"] = self.retain_path
-        return muse_task("muse", self.tag, data, tokenizer, models, self.max_length, self.concatenate)
+        return muse_task("muse", self.tag, data, tokenizer, models, self.max_length, self.concatenate,
+                         self.start)
 
 
 @BENCHMARKS.register("muse_mini")
@@ -133,7 +149,7 @@ class MuseMini(Benchmark):
         from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
 
         super().__init__(bench, model)
-        check_keys(bench, SHARED_BENCH_KEYS | CHUNK_KEYS | EVAL_KEYS | {"world", "forget_split"}, "benchmark")
+        check_keys(bench, COMMON_KEYS | {"world"}, "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | {"recipe", "arch", "corpus", "pretrain", "finetune"}, "model")
         check_model_common(model)
         require_source(model, "embedded", "muse_mini")
@@ -142,6 +158,7 @@ class MuseMini(Benchmark):
         self.world = NewsConfig.from_dict(section(bench.get("world"), "benchmark.world"))
         self.forget_split = bench.get("forget_split", "forget")
         check_forget_split(self.forget_split)
+        self.start = _start_from(bench)
         self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
         self.corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
         self.pretrain = resolve_train(section(model.get("pretrain"), "model.pretrain"), "model.pretrain",
@@ -163,4 +180,5 @@ class MuseMini(Benchmark):
         tokenizer = load_trained_tokenizer(built.tokenizer_dir)
         data = load_muse("news_mini", "muse_mini", self.forget_split, data_dir=built.world_dir)
         models = {"target": str(built.target_dir), "retain": str(built.retain_dir)}
-        return muse_task("muse_mini", self.tag, data, tokenizer, models, self.max_length, concatenate=False)
+        return muse_task("muse_mini", self.tag, data, tokenizer, models, self.max_length, concatenate=False,
+                         start=self.start)
