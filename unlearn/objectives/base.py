@@ -14,9 +14,12 @@ from unlearn.registry import Registry
 
 
 class Objective:
-    """A loss on one batch. Subclasses set `needs_ref` when they compare against the frozen reference model."""
+    """A loss on one batch. Subclasses set `needs_ref` when they compare against the frozen reference model, and
+    `ref_kind` to say what they need of it: `"model"` (its forward, e.g. full next-token distributions) or
+    `"sequence_logp"` (only `reference_logp` of the batch, which can be precomputed once before unlearning)."""
 
     needs_ref: bool = False
+    ref_kind: str = "model"
 
     def setup(self, model: nn.Module, seed: int = 0) -> None:
         """Called once with the model before training (before any backend wraps it): draw fixed random state
@@ -84,6 +87,10 @@ def sequence_logp(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor
 
 
 @torch.no_grad()
-def reference_logp(ref_model: nn.Module, batch: Mapping[str, Tensor]) -> Tensor:
-    """Sum of answer-token log-probs under the frozen reference model (no graph is kept)."""
+def reference_logp(ref_model: Any, batch: Mapping[str, Tensor]) -> Tensor:
+    """Sum of answer-token log-probs under the frozen reference model (no graph is kept); a precomputed
+    reference (`unlearn.train.reference.PrecomputedReference`) answers from its table instead."""
+    lookup = getattr(ref_model, "sequence_logp", None)
+    if callable(lookup):
+        return lookup(batch)
     return sequence_logp(ref_model, batch)[0]

@@ -47,6 +47,7 @@ class NPO(Objective):
     """
 
     needs_ref = True
+    ref_kind = "sequence_logp"  # only logp_ref(y|x): precomputable once (unlearn.train.reference)
 
     def __init__(self, beta: float = 0.1) -> None:
         self.beta = _positive("beta", beta)

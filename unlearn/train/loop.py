@@ -1,12 +1,15 @@
 """The unlearning loop.
 
-One optimizer step:
+The loop samples the step's forget and retain examples, cuts them into micro-batches and hands them to the
+configured step strategy (`unlearn.train.steps`). The default, `direction`, is:
   1. forget pass: backward of the forget loss over every micro-batch of the step -> g_f (summed);
   2. retain pass: the same for the retain loss -> g_r;
   3. the direction rule combines them (inner products global, float64-accumulated, via the backend's GradSpace);
   4. clipping, if enabled, acts on the combined direction u;
   5. u is written into the gradient buffers and the optimizer steps.
-The loop names no loss and no rule: it sees `Objective`s, a `DirectionRule` and a `Backend`.
+Other strategies (OFMU, NGDiff's adaptive lr) take more gradients or Hessian-vector products per step. The loop
+names no loss, no rule and no strategy: it sees `Objective`s, a `DirectionRule`, a `StepStrategy` and a `Backend`.
+A strategy's state and a precomputed reference travel in the checkpoints with the scheduler's.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unlearn.directions.base import Direction, DirectionRule, apply_direction
+from unlearn.directions.base import DirectionRule
 from unlearn.errors import ConfigError
 from unlearn.objectives.base import Objective
-from unlearn.train.backend import Backend
+from unlearn.train.backend import BACKENDS, Backend
+from unlearn.train.reference import PrecomputedReference
+from unlearn.train.steps import StepContext, StepStrategy, build_step
 
 Example = dict[str, list[int]]
 Collate = Callable[[Sequence[Example]], dict[str, Tensor]]
@@ -105,17 +110,49 @@ class Unlearner:
         collate: Collate,
         cfg: LoopConfig,
         ref_model: nn.Module | None = None,
+        step: StepStrategy | None = None,
     ) -> None:
+        """`ref_model`: the frozen reference copy. Without one, objectives that only need the reference's
+        sequence log-probs (NPO) get them precomputed on their example set before the first step
+        (`unlearn.train.reference`); objectives that need its full distributions (KL) require the copy.
+        `step`: the step strategy (default: the `direction` step with `rule`)."""
         self.forget_loss, self.retain_loss, self.rule = forget_loss, retain_loss, rule
         self.backend, self.collate, self.cfg = backend, collate, cfg
         for objective in (forget_loss, retain_loss):  # fixed random state (RMU's v) from the unwrapped model
             objective.setup(model, seed=cfg.seed)
+        self.step_strategy = step if step is not None else build_step(None)
+        self.step_strategy.check_backend(backend_name(backend))
         self.model = backend.setup(model, make_optimizer)
         self.ref_model = backend.prepare_reference(ref_model) if ref_model is not None else None
-        if (forget_loss.needs_ref or retain_loss.needs_ref) and self.ref_model is None:
+        self.precomputed: PrecomputedReference | None = None
+        needing = [o for o in (forget_loss, retain_loss) if o.needs_ref]
+        if self.ref_model is None and any(o.ref_kind != "sequence_logp" for o in needing):
             raise ConfigError("method: the chosen losses need a reference model, but none was given")
         self._make_scheduler = make_scheduler
         self.scheduler = None
+
+    # -- the reference -------------------------------------------------------------------------------------
+    @property
+    def precomputes_reference(self) -> bool:
+        """True when the reference's log-probs are precomputed instead of kept as a model."""
+        return self.ref_model is None and (self.forget_loss.needs_ref or self.retain_loss.needs_ref)
+
+    @property
+    def reference(self) -> nn.Module | PrecomputedReference | None:
+        """What the objectives get as their reference: the frozen copy, or the precomputed log-probs."""
+        return self.ref_model if self.ref_model is not None else self.precomputed
+
+    def _reference_examples(self, forget: Sequence[Example], retain: Sequence[Example]) -> list[Example]:
+        return [*(forget if self.forget_loss.needs_ref else []), *(retain if self.retain_loss.needs_ref else [])]
+
+    def precompute_reference(self, forget: Sequence[Example], retain: Sequence[Example]) -> None:
+        """Compute the reference log-probs with the model as it is now (before unlearning, it is the reference)."""
+        if not self.precomputes_reference:
+            return
+        b = self.backend
+        size = self.cfg.micro_batch_size or -(-self.cfg.batch_size // b.world_size)
+        self.precomputed = PrecomputedReference.compute(self.model, self._reference_examples(forget, retain),
+                                                        self.collate, b.device, b.autocast, size)
 
     # -- one pass over the micro-batches of one step -------------------------------------------------------
     def _micro_batches(self, examples: Sequence[Example]) -> list[tuple[dict[str, Tensor], float]]:
@@ -148,28 +185,19 @@ class Unlearner:
         for i, (batch, weight) in enumerate(micro):
             with self.backend.accumulating(last=i == len(micro) - 1):
                 with self.backend.autocast():  # forwards only: backward runs outside autocast, as torch advises
-                    loss = objective(self.model, batch, self.ref_model) * weight
+                    loss = objective(self.model, batch, self.reference) * weight
                 self.backend.backward(loss)
             total += float(loss.detach())
         return self.backend.reduce_mean(total)
 
     def step(self, forget: Sequence[Example], retain: Sequence[Example]) -> dict[str, float]:
         """One optimizer step on a global forget batch and a global retain batch; returns diagnostics."""
-        b = self.backend
+        if self.precomputes_reference and self.precomputed is None:
+            raise RuntimeError("Unlearner.step: the reference log-probs are not precomputed yet; call "
+                               "precompute_reference(forget, retain) first (run() does it)")
         self.model.train()
-        b.zero_grads()
-        loss_f = self._accumulate(self.forget_loss, self._micro_batches(forget))
-        g_f = b.take_grads()
-        loss_r = self._accumulate(self.retain_loss, self._micro_batches(retain))
-        g_r = b.grads()
-        direction: Direction = self.rule.direction(g_f, g_r, b.space, closure=None)
-        direction = direction.clipped(self.cfg.max_grad_norm)
-        apply_direction(direction, g_f, g_r)
-        lr = float(b.optimizer.param_groups[0]["lr"]) if b.optimizer is not None else math.nan
-        b.step()
-        if self.scheduler is not None:
-            self.scheduler.step()
-        return {"lr": lr, "loss_f": loss_f, "loss_r": loss_r, **direction.diagnostics()}
+        ctx = StepContext(self, self._micro_batches(forget), self._micro_batches(retain))
+        return self.step_strategy.step(ctx)
 
     def run(
         self,
@@ -200,8 +228,17 @@ class Unlearner:
             self.retain_loss.load_state_dict(saved.get("retain") or {})
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
+            if state.get("step_state"):
+                self.step_strategy.load_state_dict(state["step_state"])
+            if self.precomputes_reference:
+                if "reference" not in state:
+                    raise ConfigError(f"resume: {resume_from} holds no precomputed reference log-probs")
+                self.precomputed = PrecomputedReference.from_state(
+                    state["reference"], self._reference_examples(forget_examples, retain_examples), self.collate)
             for _ in range(start):  # the sampler is a pure function of the seed: replay it to the saved step
                 next(sampler)
+        elif self.precomputes_reference:
+            self.precompute_reference(forget_examples, retain_examples)
         rows = []
         for step in range(start + 1, total + 1):
             f_idx, r_idx = next(sampler)
@@ -213,8 +250,21 @@ class Unlearner:
                 on_step(row)
             every = self.cfg.checkpoint_every
             if checkpoint_dir is not None and every and (step % every == 0 or step == total):
-                sched = self.scheduler.state_dict() if self.scheduler is not None else None
-                objectives = {"forget": self.forget_loss.state_dict(), "retain": self.retain_loss.state_dict()}
-                self.backend.save_checkpoint(Path(checkpoint_dir), step, {"scheduler": sched, "objectives": objectives},
-                                             keep=self.cfg.keep_checkpoints)
+                extra: dict[str, Any] = {
+                    "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                    "objectives": {"forget": self.forget_loss.state_dict(), "retain": self.retain_loss.state_dict()},
+                }
+                if self.step_strategy.state_dict():
+                    extra["step_state"] = self.step_strategy.state_dict()
+                if self.precomputed is not None:
+                    extra["reference"] = self.precomputed.state()
+                self.backend.save_checkpoint(Path(checkpoint_dir), step, extra, keep=self.cfg.keep_checkpoints)
         return rows
+
+
+def backend_name(backend: Backend) -> str:
+    """The `trainer.backend` name a backend instance was registered under (its class's, else "single")."""
+    for name in BACKENDS.names():
+        if BACKENDS.get(name) is type(backend):
+            return name
+    return "single" if type(backend) is Backend else type(backend).__name__
