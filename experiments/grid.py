@@ -24,18 +24,24 @@ def compose_cfg(overrides: Sequence[str]):
         return compose("config", overrides=list(overrides))
 
 
-def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print) -> None:
-    """Run each (name, overrides) into root/name unless root/name/summary.json exists."""
-    for name, overrides in runs:
+def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print) -> list[str]:
+    """Run each (name, overrides) into root/name unless root/name/summary.json exists; the names it ran.
+
+    A name may contain `/` (nested run directories)."""
+    runs = list(runs)
+    ran = []
+    for i, (name, overrides) in enumerate(runs, 1):
         run_dir = root / name
         if (run_dir / "summary.json").exists():
-            log(f"[grid] {name}: done, skipping")
+            log(f"[grid] {i}/{len(runs)} {name}: done, skipping")
             continue
         if run_dir.exists():  # an interrupted attempt: keep it aside rather than delete anything
-            run_dir.rename(run_dir.with_name(f"{name}.incomplete-{int(time.time())}"))
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
         t0 = time.perf_counter()
         run_experiment(compose_cfg(overrides), run_dir, console_print=False)
-        log(f"[grid] {name}: {time.perf_counter() - t0:.0f}s")
+        ran.append(name)
+        log(f"[grid] {i}/{len(runs)} {name}: {time.perf_counter() - t0:.0f}s")
+    return ran
 
 
 def collect(root: Path) -> pd.DataFrame:

@@ -34,9 +34,11 @@ from unlearn.config import to_container, validate_required
 from unlearn.directions import build_direction
 from unlearn.errors import ConfigError
 from unlearn.evals.base import Evaluator, build_evaluators, merge_summaries, read_items, write_items
+from unlearn.evals.relearn import RelearnConfig, prefixed, relearn
 from unlearn.loggers import LOGGERS
 from unlearn.models.build import load_model
 from unlearn.models.lora import apply_lora, resolve_lora
+from unlearn.models.trainable import apply_trainable, resolve_trainable
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.report.table import print_table, summary_frame
 from unlearn.train.backend import BACKENDS, check_trainer
@@ -76,6 +78,7 @@ class Plan:
     backend_kwargs: dict[str, Any]
     optimize_metric: str | None
     schedule: Schedule
+    relearn: RelearnConfig
 
 
 def plan(cfg: Mapping[str, Any]) -> Plan:
@@ -83,6 +86,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     cfg = to_container(cfg)
     validate_required(cfg)
     resolve_lora(cfg["model"].get("lora"))
+    resolve_trainable(cfg["model"].get("trainable"))
     benchmark = build_benchmark(cfg["benchmark"], cfg["model"])
     evaluators = build_evaluators(cfg["eval"])
     for ev in evaluators:
@@ -120,6 +124,7 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
         backend_kwargs=trainer,
         optimize_metric=metric,
         schedule=Schedule.from_config(cfg["eval"].get("every"), cfg["eval"].get("every_unit", "epoch")),
+        relearn=RelearnConfig.from_config(cfg.get("relearn")),
     )
 
 
@@ -241,6 +246,14 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     """Run one experiment into `run_dir` and return its summary metrics."""
     run_dir, cfg, resume_from = _resolve_resume(cfg, Path(run_dir))
     p = plan(cfg)
+    try:
+        return _run_planned(p, run_dir, resume_from, console_print)
+    except BaseException:
+        p.logger.finish(failed=True)  # an external logger's run is closed (marked failed) on any failure too
+        raise
+
+
+def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool) -> dict[str, float]:
     # The backend first: under torchrun it joins the process group, and from here on only rank 0 writes files.
     backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
     main = backend.rank == 0
@@ -270,6 +283,7 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     model = _load(p.cfg, task.models["target"])
     loaded_dtype = next(model.parameters()).dtype  # mixed precision trains float32 masters; results go back to it
     model = apply_lora(model, p.cfg["model"].get("lora"))  # unchanged unless model.lora is set
+    trainable = apply_trainable(model, p.cfg["model"].get("trainable"))  # before any backend wraps the model
 
     # -- reference rows (Original, Retain): evaluated on rank 0, cached ------------------------------------------
     t0 = time.perf_counter()
@@ -304,7 +318,8 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
     if main:
         p.logger.start(p.cfg, run_dir)
     log(f"[unlearn] {method} on {task.benchmark}/{task.tag}: {len(task.forget)} forget, {len(task.retain)} retain "
-        f"examples, {total} steps, {backend.world_size} process(es) -> {run_dir}")
+        f"examples, {total} steps, {len(trainable)} trained parameter tensors, {backend.world_size} process(es) -> "
+        f"{run_dir}")
 
     def on_step(row: dict[str, float]) -> None:
         step = int(row["step"])
@@ -348,16 +363,26 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
         p.logger.log({f"eval/{k}": v for k, v in result.items()}, step=total)
     for name, table in items.items():
         write_items(table, run_dir / "items" / f"{name}.jsonl")
+        p.logger.table(f"items/{name}", table)
     for role, per_eval in references.items():  # the run directory alone re-aggregates (unlearn.report.resummarise)
         for name, table in per_eval.items():
             write_items(table, run_dir / "items" / role / f"{name}.jsonl")
-    summary = {**result, "steps": float(len(steps)), **timings}
+    relearned: dict[str, float] = {}
+    if p.relearn.enabled:  # the relearning attack, on a copy (docs/metrics.md#relearning-attack)
+        t0 = time.perf_counter()
+        attacked = relearn(trained, task.forget, task.collate, p.relearn, device).to(dtype=loaded_dtype)
+        relearned = prefixed(summarise(p.evaluators, {ev.name: ev.evaluate(attacked, task) for ev in p.evaluators},
+                                       references))
+        del attacked
+        timings["relearn_seconds"] = time.perf_counter() - t0
+    summary = {**result, **relearned, "steps": float(len(steps)), **timings}
     rows[method] = result
     _write_json(run_dir / "references.json", {k: v for k, v in rows.items() if k != method})
     _write_json(run_dir / "summary.json", summary)
     columns = [c for ev in p.evaluators for c in ev.headline]
     frame = summary_frame(rows, columns)
     frame.to_csv(run_dir / "table.csv")
+    p.logger.table("results", frame)
     if p.cfg.get("save_model"):
         # A LoRA model is merged so the saved directory is a plain model that loads without peft.
         to_save = trained.merge_and_unload() if hasattr(trained, "merge_and_unload") else trained

@@ -7,6 +7,7 @@ config exits with one line naming the offending key, before anything is loaded o
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,9 +22,19 @@ register_resolvers()
 @hydra.main(config_path="../configs", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     from unlearn.pipeline import run_experiment  # heavy imports after Hydra has parsed the command line
+    from unlearn.sweep import finished_summary, set_aside_incomplete
 
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = finished_summary(run_dir) if cfg.get("skip_finished") else None
     try:
-        summary = run_experiment(cfg, HydraConfig.get().runtime.output_dir)
+        if summary is not None:  # a re-run sweep: this job finished before; nothing is redone or overwritten
+            print(f"[unlearn] {run_dir}: finished (summary.json), skipping (skip_finished=true)")
+        else:
+            if cfg.get("skip_finished") and not cfg.get("resume"):
+                aside = set_aside_incomplete(run_dir)
+                if aside is not None:
+                    print(f"[unlearn] {run_dir}: an unfinished attempt's outputs moved to {aside}")
+            summary = run_experiment(cfg, run_dir)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

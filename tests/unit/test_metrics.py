@@ -31,6 +31,19 @@ def test_truth_ratio_raw_and_aggregations() -> None:
     assert M.retain_truth_ratio(tr) == pytest.approx(0.43233235838169, rel=1e-12)
 
 
+def test_mean_log_truth_ratio_is_signed() -> None:
+    # TR = [e^-2, e^1] (the items above): log TR = [-2, 1], mean -0.5. The folded statistic is the same for
+    # 1/TR = [e^2, e^-1], whose log mean is +0.5: only the sign tells the two apart.
+    tr = M.truth_ratio([1.0, 2.0], [[2.0, 4.0], [1.0, 1.0]])
+    assert M.mean_log_truth_ratio(tr) == pytest.approx(-0.5, rel=1e-12)
+    assert M.mean_log_truth_ratio(1.0 / tr) == pytest.approx(0.5, rel=1e-12)
+    assert M.forget_truth_ratio(1.0 / tr) == pytest.approx(M.forget_truth_ratio(tr), rel=1e-12)
+    # A collapsed model (TR = inf) is reported as non-finite, never clipped into range.
+    assert M.mean_log_truth_ratio([1.0, math.inf]) == math.inf
+    with pytest.raises(ValueError, match="empty"):
+        M.mean_log_truth_ratio([])
+
+
 def test_truth_ratio_ragged_and_stable() -> None:
     # Ragged rows: item 0 has one perturbed answer (NLL 3), item 1 three (mean (1+2+3)/3 = 2).
     # TR_0 = exp(1 - 3) = e^-2;  TR_1 = exp(2 - 2) = 1.

@@ -76,7 +76,10 @@ def test_summarise_hand_table() -> None:
     # model utility = hmean(0.7, 0.7, 0.35, six x 0.5) = 9 / (10/7 + 10/7 + 20/7 + 6*2) = 9 / (124/7) = 63/124
     assert s["model_utility"] == pytest.approx(63 / 124, rel=1e-12)
     assert "forget_quality" not in s
-    assert set(s) == {"forget_truth_ratio", "model_utility"} | {
+    # forget log TR: (log 0.5 + log 2) / 2 = 0 (signed: the two items miss on opposite sides and cancel)
+    assert s["forget_log_truth_ratio"] == pytest.approx(0.0, abs=1e-15)
+    assert "forget_log_truth_ratio_gap" not in s  # needs the retain model
+    assert set(s) == {"forget_truth_ratio", "forget_log_truth_ratio", "model_utility"} | {
         f"{sp}_{st}" for sp in ("forget", "retain", "real_authors", "world_facts") for st in ("prob", "rouge")
     } | {f"{sp}_truth_ratio" for sp in ("retain", "real_authors", "world_facts")}
 
@@ -87,6 +90,27 @@ def test_summarise_forget_quality() -> None:
     # [0.5, 2] vs [10, 20]: fully separated, n = m = 2 -> D = 1; of the C(4, 2) = 6 equally likely orders, 2
     # put one sample entirely first: p = 2/6 = 1/3.
     assert summarise(hand_items(), [10.0, 20.0])["forget_quality"] == pytest.approx(1 / 3, rel=1e-12)
+
+
+def test_signed_log_truth_ratio_tells_over_from_under_forgetting() -> None:
+    items = hand_items()
+    forget = items["split"] == "forget"
+    items.loc[forget & (items["idx"] == 0), "truth_ratio"] = math.e
+    items.loc[forget & (items["idx"] == 1), "truth_ratio"] = math.e ** 3
+    retain_model = [math.exp(-1.0), math.exp(0.5)]  # mean log TR = -0.25
+    s = summarise(items, retain_model)
+    # ours: (1 + 3) / 2 = 2; retain model's: (-1 + 0.5) / 2 = -0.25; gap 2.25 > 0: prefers wrong answers more
+    # than a model that never saw the forget set, i.e. over-forgetting.
+    assert s["forget_log_truth_ratio"] == pytest.approx(2.0, rel=1e-12)
+    assert s["forget_log_truth_ratio_retain"] == pytest.approx(-0.25, rel=1e-12)
+    assert s["forget_log_truth_ratio_gap"] == pytest.approx(2.25, rel=1e-12)
+    # The same folded statistic min(TR, 1/TR) for TR and 1/TR, but the opposite sign: under-forgetting.
+    items.loc[forget, "truth_ratio"] = 1.0 / items.loc[forget, "truth_ratio"]
+    flipped = summarise(items, retain_model)
+    assert flipped["forget_truth_ratio"] == pytest.approx(s["forget_truth_ratio"], rel=1e-12)
+    assert flipped["forget_log_truth_ratio_gap"] == pytest.approx(-2.0 + 0.25, rel=1e-12)
+    # A model against itself: gap exactly 0.
+    assert summarise(items, items.loc[forget].sort_values("idx")["truth_ratio"])["forget_log_truth_ratio_gap"] == 0
 
 
 def test_summarise_survives_csv_round_trip(tmp_path: Path) -> None:

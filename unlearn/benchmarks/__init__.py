@@ -4,6 +4,7 @@ Importing this package registers every benchmark (in `BENCHMARKS`) and every ben
 `unlearn.evals.EVALUATORS`).
 """
 
+from unlearn.benchmarks import muse as _muse  # noqa: F401  (registers muse, muse_mini and the muse evaluator)
 from unlearn.benchmarks import tofu as _tofu  # noqa: F401  (registers tofu, tofu_mini and the tofu evaluator)
 from unlearn.benchmarks.base import BENCHMARKS, Benchmark, Task, build_benchmark, prepare_benchmark
 

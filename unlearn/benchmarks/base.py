@@ -135,8 +135,9 @@ def check_keys(cfg: Mapping[str, Any], allowed: Iterable[str], key: str) -> None
 # Keys of the benchmark section owned by other layers (the recommended unlearning settings, the evaluators'
 # generation limits, the sweep metric, the run tag): accepted here without being used.
 SHARED_BENCH_KEYS = frozenset({"name", "tag", "train", "max_new_tokens", "optimize_metric"})
-# Keys of the model section every model source has (dtype and trust_remote_code are used when it is loaded).
-SHARED_MODEL_KEYS = frozenset({"name", "source", "prompt", "dtype", "trust_remote_code", "lora"})
+# Keys of the model section every model source has (dtype and trust_remote_code are used when it is loaded;
+# trainable, unlearn.models.trainable, before the backend wraps it).
+SHARED_MODEL_KEYS = frozenset({"name", "source", "prompt", "dtype", "trust_remote_code", "lora", "trainable"})
 
 PROMPT_DEFAULTS: dict[str, Any] = {
     "template": DEFAULT_TEMPLATE,

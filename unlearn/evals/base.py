@@ -82,6 +82,7 @@ def build_evaluators(cfg: Mapping[str, Any] | None) -> list[Evaluator]:
     Unknown names and bad settings raise ConfigError naming `eval.<name>`.
     """
     import unlearn.benchmarks  # noqa: F401  (registers every benchmark's evaluator)
+    from unlearn.evals import harness as _harness  # noqa: F401  (registers lm_eval)
 
     if not isinstance(cfg, Mapping) or not set(cfg) - set(SCHEDULE_KEYS):
         raise ConfigError(f"eval: choose at least one evaluator (eval=<name> or eval=[a,b]); known: "

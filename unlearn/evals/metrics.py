@@ -104,6 +104,22 @@ def forget_truth_ratio(tr: ArrayLike) -> float:
     return float(np.mean(np.minimum(arr, 1.0 / arr)))
 
 
+def mean_log_truth_ratio(tr: ArrayLike) -> float:
+    """Signed forget-set statistic `mean(log TR)` (docs/metrics.md#signed-log-truth-ratio).
+
+    `min(TR, 1/TR)` and the KS p-value are symmetric: they cannot say on which side of the retain model a method
+    missed. `log TR = L(paraphrased) - mean_j L(perturbed_j)` keeps the sign: below the retain model's value the
+    model still prefers the true answers (under-forgetting), above it it prefers the wrong ones more than a
+    model that never saw the forget set (over-forgetting). A collapsed model's infinite NLLs give a non-finite
+    value, reported as such rather than hidden.
+    """
+    arr = _as_1d(tr, "tr")
+    if arr.size == 0:
+        raise ValueError("mean_log_truth_ratio of an empty set is undefined")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(np.log(arr)))
+
+
 def retain_truth_ratio(tr: ArrayLike) -> float:
     """Retain / real-authors / world-facts truth ratio statistic `mean(max(0, 1 - TR))`.
 

@@ -176,3 +176,81 @@ def greedy_generate(
                 stop = next((j for j, t in enumerate(toks) if t in eos_ids), len(toks))
                 out[i] = tokenizer.decode(toks[:stop], skip_special_tokens=True)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- raw text
+# MUSE scores raw text and continues raw prompts (no question-answer template): the functions below take token ids.
+def token_logprobs(model: Any, sequences: Sequence[Sequence[int]], pad_id: int, batch_size: int = 32
+                   ) -> list[np.ndarray]:
+    """Log-probability of every token 1..T-1 of each sequence given its prefix (float64 arrays, caller's order).
+
+    Token 0 (bos) is never a target, as in MUSE's `compute_ppl`. Batches are right-padded with an attention mask,
+    so real tokens keep their positions and an item's values do not depend on its batch-mates; log-softmax is
+    taken in float32 whatever the model's dtype.
+    """
+    _check_batch_size(batch_size)
+    out: list[np.ndarray] = [np.empty(0)] * len(sequences)
+    for i, seq in enumerate(sequences):
+        if len(seq) < 2:
+            raise ValueError(f"sequence {i} has {len(seq)} token(s); scoring needs at least 2")
+    device = _device(model)
+    with _eval_mode(model):
+        for idx in _length_batches([len(s) for s in sequences], int(batch_size)):
+            width = max(len(sequences[i]) for i in idx)
+            ids = torch.full((len(idx), width), int(pad_id), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(sequences[i])
+                ids[row, :n] = torch.tensor(list(sequences[i]), dtype=torch.long)
+                mask[row, :n] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            lp = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+            lp = lp.double().cpu().numpy()
+            for row, i in enumerate(idx):
+                out[i] = lp[row, : len(sequences[i]) - 1].copy()
+    return out
+
+
+def continue_greedy(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    eos_ids: Sequence[int],
+    batch_size: int = 32,
+) -> list[list[int]]:
+    """Greedy continuation (token ids, prompt excluded, cut before the first eos) of each token-id prompt.
+
+    Prompts are left-padded with an attention mask (the model continues from every row's last real token, and
+    position ids follow the mask), sampling settings of the model's generation config are overridden, and rows that
+    finished early are cut at their eos, so a continuation does not depend on the batch it was generated in.
+    """
+    _check_batch_size(batch_size)
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    out: list[list[int]] = [[] for _ in prompts]
+    eos = [int(e) for e in eos_ids]
+    device = _device(model)
+    with _eval_mode(model):
+        for idx in _length_batches([len(p) for p in prompts], int(batch_size)):
+            width = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), width), int(pad_id), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(prompts[i])
+                if n == 0:
+                    raise ValueError(f"prompt {i} is empty")
+                ids[row, width - n :] = torch.tensor(list(prompts[i]), dtype=torch.long)
+                mask[row, width - n :] = 1
+            generated = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=int(max_new_tokens),
+                do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=int(pad_id),
+                eos_token_id=eos or None,
+            )
+            new_tokens = generated[:, width:].cpu().tolist()
+            for row, i in enumerate(idx):
+                toks = new_tokens[row]
+                stop = next((j for j, t in enumerate(toks) if t in eos), len(toks))
+                out[i] = toks[:stop]
+    return out

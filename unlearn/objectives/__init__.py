@@ -6,6 +6,7 @@ exact: micro-batches weighted by their share of the step's examples sum to the f
 
 from unlearn.objectives import forget as _forget  # noqa: F401  (registers forget losses)
 from unlearn.objectives import retain as _retain  # noqa: F401  (registers retain losses)
+from unlearn.objectives import rmu as _rmu  # noqa: F401  (registers RMU's forget and retain losses)
 from unlearn.objectives.base import FORGET_LOSSES, RETAIN_LOSSES, Objective, build_objective
 
 __all__ = ["FORGET_LOSSES", "RETAIN_LOSSES", "Objective", "build_objective"]

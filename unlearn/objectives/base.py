@@ -21,6 +21,17 @@ class Objective:
     needs_ref: bool = False
     ref_kind: str = "model"
 
+    def setup(self, model: nn.Module, seed: int = 0) -> None:
+        """Called once with the model before training (before any backend wraps it): draw fixed random state
+        here (RMU's control vector), deterministic in `seed`."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """State saved with every checkpoint, JSON-serialisable (most objectives have none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` saved (on resume)."""
+
     def __call__(self, model: nn.Module, batch: Mapping[str, Tensor], ref_model: nn.Module | None) -> Tensor:
         raise NotImplementedError
 

@@ -118,6 +118,8 @@ class Unlearner:
         `step`: the step strategy (default: the `direction` step with `rule`)."""
         self.forget_loss, self.retain_loss, self.rule = forget_loss, retain_loss, rule
         self.backend, self.collate, self.cfg = backend, collate, cfg
+        for objective in (forget_loss, retain_loss):  # fixed random state (RMU's v) from the unwrapped model
+            objective.setup(model, seed=cfg.seed)
         self.step_strategy = step if step is not None else build_step(None)
         self.step_strategy.check_backend(backend_name(backend))
         self.model = backend.setup(model, make_optimizer)
@@ -221,6 +223,9 @@ class Unlearner:
         if resume_from is not None:
             state = self.backend.load_checkpoint(Path(resume_from))
             start = int(state["step"])
+            saved = state.get("objectives") or {}
+            self.forget_loss.load_state_dict(saved.get("forget") or {})
+            self.retain_loss.load_state_dict(saved.get("retain") or {})
             if self.scheduler is not None and state.get("scheduler") is not None:
                 self.scheduler.load_state_dict(state["scheduler"])
             if state.get("step_state"):
@@ -245,7 +250,10 @@ class Unlearner:
                 on_step(row)
             every = self.cfg.checkpoint_every
             if checkpoint_dir is not None and every and (step % every == 0 or step == total):
-                extra: dict[str, Any] = {"scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+                extra: dict[str, Any] = {
+                    "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                    "objectives": {"forget": self.forget_loss.state_dict(), "retain": self.retain_loss.state_dict()},
+                }
                 if self.step_strategy.state_dict():
                     extra["step_state"] = self.step_strategy.state_dict()
                 if self.precomputed is not None:

@@ -1,10 +1,11 @@
-"""Embedded target and retain models for `tofu_mini`, trained from scratch and cached on disk.
+"""Embedded target and retain models for `tofu_mini`, built like TOFU's and cached on disk.
 
 TOFU's protocol needs two models: a *target* fine-tuned on every fictitious author (what we unlearn from) and
 a *retain* model fine-tuned on everything except the forget split (the gold standard that forget quality is
-measured against). For the embedded benchmark both are tiny Llamas trained from random init on the synthetic
-world until they reproduce their training answers by greedy decoding, which is what makes the forget set's
-knowledge real and measurable.
+measured against). For the embedded benchmark both are tiny Llamas fine-tuned from a shared pretrained base
+(`prepare_pretrained`, the default recipe; docs/worlds.md) or, under `model.recipe: scratch`, trained from random
+init on the world alone (`prepare_embedded`, the earlier recipe), until they reproduce their training answers,
+which is what makes the forget set's knowledge real and measurable.
 
 Each artefact (world files, tokenizer, target, one retain model per forget split) is a cache entry keyed by a
 hash of everything that determines it, including `EMBEDDED_VERSION`: bump it whenever this file changes what

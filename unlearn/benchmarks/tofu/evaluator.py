@@ -84,9 +84,11 @@ def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = 
     Reads only the per-item metric columns `split`, `idx`, `prob`, `prob_normalised`, `rouge` and
     `truth_ratio`, so a table saved as CSV re-aggregates as well as one kept in memory. Keys:
     `forget_quality` (only with `reference_forget_tr`: KS p-value of the forget split's raw TR against it),
-    `forget_truth_ratio`, `model_utility`, and per split `{split}_prob`, `{split}_rouge`,
-    `{split}_truth_ratio` (the forget one being `forget_truth_ratio`). All four splits must be present:
-    model utility needs three of them and forget quality the fourth.
+    `forget_log_truth_ratio` (signed: mean log TR on the forget split) and, with `reference_forget_tr`,
+    `forget_log_truth_ratio_retain` (the retain model's) and `forget_log_truth_ratio_gap` (ours minus the retain
+    model's: > 0 over-forgetting, < 0 under-forgetting), `forget_truth_ratio`, `model_utility`, and per split
+    `{split}_prob`, `{split}_rouge`, `{split}_truth_ratio` (the forget one being `forget_truth_ratio`).
+    All four splits must be present: model utility needs three of them and forget quality the fourth.
     """
     needed = {"split", "idx", "prob", "prob_normalised", "rouge", "truth_ratio"}
     missing_cols = sorted(needed - set(items.columns))
@@ -112,8 +114,13 @@ def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = 
             per_split[f"{split}_truth_ratio"] = metrics.retain_truth_ratio(tr)
 
     summary: dict[str, float] = {}
+    log_tr = metrics.mean_log_truth_ratio(forget_tr)
     if reference_forget_tr is not None:
         summary["forget_quality"] = metrics.forget_quality(forget_tr, reference_forget_tr)
+        retain_log_tr = metrics.mean_log_truth_ratio(np.asarray(reference_forget_tr, dtype=np.float64))
+        summary["forget_log_truth_ratio_retain"] = retain_log_tr
+        summary["forget_log_truth_ratio_gap"] = log_tr - retain_log_tr
+    summary["forget_log_truth_ratio"] = log_tr
     summary["forget_truth_ratio"] = per_split["forget_truth_ratio"]
     summary["model_utility"] = metrics.model_utility(per_split)
     summary.update(per_split)
@@ -156,8 +163,8 @@ class TofuEvaluator(Evaluator):
     version = 1
     data = "tofu"
     uses = ("retain",)
-    headline = ("forget_quality", "forget_truth_ratio", "model_utility", "forget_rouge", "forget_prob",
-                "retain_rouge", "retain_prob")
+    headline = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility",
+                "forget_rouge", "forget_prob", "retain_rouge", "retain_prob")
 
     def __init__(
         self,

@@ -1,0 +1,377 @@
+"""`make reproduce-tables`: the paper's TOFU table and figures on the embedded benchmark, across worlds.
+
+    python -m experiments.reproduce                 # full: tofu_mini, forget05 + forget10, 1 dev + 3 held-out worlds
+    python -m experiments.reproduce --quick         # tofu_micro, forget10, 1 dev + 1 held-out world (minutes)
+
+Protocol (issue 10; the selection rule is `unlearn.report.select`, the same for every method):
+1. **Paper settings**: every method at its configured settings (`configs/method/`, the BLUR paper's TOFU
+   hyper-parameters) on every held-out world x unlearning seed, with `eval.every=1` (trajectories).
+2. **Tuning**: on the development world, every method's declared grid (`GRIDS`: its own hyper-parameter and the
+   learning rate, the *same number of points for every method*) with `eval.every=1`; a candidate is a grid point
+   at one epoch; `SelectionRule` picks one per method.
+3. **Tuned**: the chosen grid point on the held-out worlds x seeds, read at the chosen epoch of each trajectory.
+   The choice is never revisited on held-out worlds.
+Plus, on the development world, a BLUR-NPO gamma x beta sweep (the heatmap, Fig. C.7).
+
+Every run is one directory under `<out>/runs/<split>/w<world>/<method>/<grid point>_s<seed>`, named by what it
+runs, so a re-run (after an interruption, or with more worlds) runs only what is missing and never redoes or
+overwrites a finished run (`experiments.grid.run_grid`). Then `<out>/` gets `REPORT.md` (tables, the paper's
+published numbers as a separate block from `experiments/paper/`, figures, example generations, the command and
+its wall time), `table_<split>.csv|md`, `selection.csv`, and PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiments.grid import compose_cfg, run_grid
+from unlearn.evals.base import read_items
+from unlearn.report import figures
+from unlearn.report.aggregate import aggregate, format_table, order_models
+from unlearn.report.collect import collect, collect_diagnostics, collect_trajectories, reference_rows
+from unlearn.report.select import SelectionRule, add_utility_ratio, apply_selection, select
+from unlearn.report.table import to_markdown
+
+PAPER_DIR = Path(__file__).resolve().parent / "paper"
+METRICS = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility", "forget_rouge",
+           "retain_rouge")
+LR_KEY = "optimizer.lr"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """What to run: benchmark overrides, splits, worlds, seeds, methods and each method's grid."""
+
+    name: str
+    overrides: tuple[str, ...]
+    splits: tuple[str, ...]
+    dev_world: int
+    worlds: tuple[int, ...]  # held-out worlds
+    seeds: tuple[int, ...]
+    dev_seeds: tuple[int, ...]
+    grids: Mapping[str, Mapping[str, Sequence[float]]]  # method -> {config key: values}; lr as a multiplier
+    heatmap: Mapping[str, Sequence[float]] = field(default_factory=dict)  # blur_npo gamma x beta, dev world
+
+
+def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """Every combination of a method's grid (keys in the order given)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def check_equal_budget(grids: Mapping[str, Mapping[str, Sequence[float]]]) -> int:
+    """Every method must get the same number of grid points (the equal tuning budget); returns it."""
+    sizes = {m: len(grid_points(g)) for m, g in grids.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"unequal tuning budget: {sizes}")
+    return next(iter(sizes.values()))
+
+
+LR6 = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+FULL_GRIDS: dict[str, dict[str, list[float]]] = {
+    # 6 points each: the method's own main hyper-parameter x 2 learning rates, or 6 learning rates without one.
+    "ga": {LR_KEY: LR6},
+    "graddiff": {"method.direction.lam": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
+    "npo": {"method.forget.beta": [0.05, 0.1, 0.2], LR_KEY: [1.0, 2.0]},
+    "simnpo": {"method.forget.beta": [1.5, 2.5, 3.5], LR_KEY: [1.0, 2.0]},
+    "ngdiff": {LR_KEY: LR6},
+    "blur_ga": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
+    "blur_simnpo": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
+    "blur_npo": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
+}
+QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
+    "ga": {LR_KEY: [1.0, 2.0]},
+    "graddiff": {"method.direction.lam": [0.5, 1.0]},
+    "npo": {"method.forget.beta": [0.1, 0.2]},
+    "blur_npo": {"method.direction.gamma": [0.5, 1.0]},
+}
+PROTOCOLS = {
+    "full": Protocol("full", ("benchmark=tofu_mini",), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
+                     seeds=(0, 1, 2), dev_seeds=(0,), grids=FULL_GRIDS,
+                     heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]}),
+    "quick": Protocol("quick", ("benchmark=tofu_micro",), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
+                      dev_seeds=(0,), grids=QUICK_GRIDS,
+                      heatmap={"method.direction.gamma": [0.5, 1.0], "method.forget.beta": [0.1, 0.2]}),
+}
+
+
+def method_defaults(proto: Protocol, extra: Sequence[str] = ()) -> dict[str, dict[str, float]]:
+    """Per method, the configured value of every key its grids and the heatmap vary (lr as multiplier 1)."""
+    from omegaconf import OmegaConf
+
+    keys = {k for g in proto.grids.values() for k in g} | set(proto.heatmap)
+    out = {}
+    for method in proto.grids:
+        cfg = compose_cfg([*proto.overrides, f"method={method}", *extra])
+        out[method] = {k: 1.0 if k == LR_KEY else OmegaConf.select(cfg, k, default=None) for k in keys}
+    return out
+
+
+def point_name(point: Mapping[str, float], defaults: Mapping[str, Any]) -> str:
+    """A grid point's directory name from the values that differ from the configured ones (`gamma=0.5,lr=x2`);
+    `paper` when none does. Two spellings of the same run (a grid point and a heatmap point, or the configured
+    settings) get the same name, so they are one run."""
+    parts = [f"lr=x{v:g}" if k == LR_KEY else f"{k.split('.')[-1]}={v:g}" for k, v in sorted(point.items())
+             if defaults.get(k) is None or float(defaults[k]) != float(v)]
+    return ",".join(parts) or "paper"
+
+
+def point_overrides(point: Mapping[str, float], base_lr: float) -> list[str]:
+    return [f"{k}={v * base_lr:g}" if k == LR_KEY else f"{k}={v:g}" for k, v in point.items()]
+
+
+def _run(proto: Protocol, split: str, world: int, method: str, point: Mapping[str, float], seed: int,
+         base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str]) -> tuple[str, list[str]]:
+    name = f"{split}/w{world}/{method}/{point_name(point, defaults[method])}_s{seed}"
+    return name, [*proto.overrides, f"method={method}", f"benchmark.forget_split={split}",
+                  f"benchmark.world.seed={world}", f"seed={seed}", "eval.every=1",
+                  *point_overrides(point, base_lr), *extra]
+
+
+def plan_runs(proto: Protocol, base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str]
+              ) -> list[tuple[str, list[str]]]:
+    """(run name, overrides) of every run the protocol needs before selection (paper rows, tuning, heatmap),
+    each once."""
+    runs: dict[str, list[str]] = {}
+
+    def add(split: str, world: int, method: str, point: Mapping[str, float], seed: int) -> None:
+        name, overrides = _run(proto, split, world, method, point, seed, base_lr, defaults, extra)
+        runs.setdefault(name, overrides)
+
+    for split in proto.splits:
+        for method in proto.grids:
+            for world in (proto.dev_world, *proto.worlds):
+                for seed in proto.seeds if world != proto.dev_world else proto.dev_seeds:
+                    add(split, world, method, {}, seed)
+            for point in grid_points(proto.grids[method]):
+                for seed in proto.dev_seeds:
+                    add(split, proto.dev_world, method, point, seed)
+        if "blur_npo" in proto.grids:
+            for point in grid_points(proto.heatmap):
+                for seed in proto.dev_seeds:
+                    add(split, proto.dev_world, "blur_npo", point, seed)
+    return list(runs.items())
+
+
+def tuned_runs(proto: Protocol, chosen: pd.DataFrame, base_lr: float, defaults: Mapping[str, Mapping[str, Any]],
+               extra: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """The chosen grid point of every method on every held-out world x seed."""
+    return [_run(proto, row.split, world, row.method, json.loads(row.point), seed, base_lr, defaults, extra)
+            for row in chosen.itertuples(index=False) for world in proto.worlds for seed in proto.seeds]
+
+
+def _point_of(run: str) -> str:
+    return run.split("/")[-1].rsplit("_s", 1)[0]
+
+
+def selection(proto: Protocol, traj: pd.DataFrame, rule: SelectionRule,
+              defaults: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Per split and method, the rule's choice among the dev world's grid points x epochs (`point`: the grid point
+    as JSON, `point_name`: its run-directory name)."""
+    names = {m: {point_name(p, defaults[m]): p for p in grid_points(g)} for m, g in proto.grids.items()}
+    dev = traj[traj["world"] == proto.dev_world].copy()
+    dev["point_name"] = dev["run"].map(_point_of)
+    dev = dev[[m in names and p in names[m] for m, p in zip(dev["method"], dev["point_name"], strict=True)]]
+    chosen = []
+    for split, part in dev.groupby("split"):
+        pick = select(add_utility_ratio(part), ["point_name", "epoch"], rule)
+        pick.insert(0, "split", split)
+        chosen.append(pick)
+    if not chosen:
+        raise ValueError(f"no finished tuning run on the development world {proto.dev_world}")
+    out = pd.concat(chosen, ignore_index=True)
+    out["point"] = [json.dumps(names[m][p]) for m, p in zip(out["method"], out["point_name"], strict=True)]
+    return out
+
+
+def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, split: str,
+                metrics: Sequence[str]) -> pd.DataFrame:
+    """Original/Retain, every method at paper settings (final epoch), every method tuned (chosen epoch), held-out
+    worlds only."""
+    held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)].copy()
+    held["point_name"] = held["run"].map(_point_of)
+    refs = reference_rows(held).assign(row=lambda f: f["model"])
+    paper = held[(held["kind"] == "method") & (held["point_name"] == "paper")].assign(row=lambda f: f["method"])
+    parts = [refs, paper]
+    pick = chosen[chosen["split"] == split]
+    if not pick.empty:
+        pts = traj[(traj["split"] == split) & traj["world"].isin(proto.worlds)].copy()
+        pts["point_name"] = pts["run"].map(_point_of)
+        tuned = apply_selection(pts, pick, ["point_name", "epoch"])
+        parts.append(tuned.assign(row=lambda f: f["method"] + " (tuned)"))
+    rows = pd.concat(parts, ignore_index=True)
+    order = [*proto.grids, *(f"{m} (tuned)" for m in proto.grids)]
+    agg = aggregate(rows, ["row"], metrics)
+    agg.index.name = "model"
+    return order_models(agg, methods=order)
+
+
+def paper_block(split: str, benchmark: str = "tofu") -> pd.DataFrame:
+    """The paper's published numbers for `split` (wide: model x metric); empty when the file has none."""
+    path = PAPER_DIR / f"{benchmark}.csv"
+    if not path.exists():
+        return pd.DataFrame()
+    data = pd.read_csv(path)
+    data = data[data["split"] == split]
+    return data.pivot_table(index="model", columns="metric", values="value", aggfunc="first")
+
+
+def generations(frame: pd.DataFrame, root: Path, proto: Protocol, split: str, per_split: int = 2) -> pd.DataFrame:
+    """Example generations (the paper's Table 8): one held-out world, seed 0, paper settings; the first
+    `per_split` forget and retain questions, for Original, Retain and every method."""
+    runs = frame[(frame["kind"] == "method") & (frame["split"] == split) & (frame["world"] == proto.worlds[0])
+                 & (frame["seed"] == proto.seeds[0]) & frame["run"].str.contains("/paper_s")]
+    rows = []
+    for i, run in enumerate(runs.itertuples(index=False)):
+        sources = [(run.method, root / run.run / "items" / "tofu.jsonl")]
+        if i == 0:
+            sources = [("Original", root / run.run / "items" / "target" / "tofu.jsonl"),
+                       ("Retain", root / run.run / "items" / "retain" / "tofu.jsonl"), *sources]
+        for model, path in sources:
+            if not path.exists():
+                continue
+            items = read_items(path)
+            for part in ("forget", "retain"):
+                for _, item in items[items["split"] == part].sort_values("idx").head(per_split).iterrows():
+                    rows.append({"model": model, "split": part, "question": item["question"],
+                                 "answer": item["answer"], "generation": item["generation"]})
+    return pd.DataFrame(rows)
+
+
+def _md_escape(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, defaults: Mapping[str, Any],
+                 command: str, timing: str, budget: int) -> Path:
+    frame = collect(root)
+    traj = collect_trajectories(root)
+    chosen = selection(proto, traj, rule, defaults)
+    chosen.to_csv(out / "selection.csv", index=False)
+    metrics = list(METRICS)
+    lines = [f"# Reproduced tables ({proto.name})", "",
+             f"Command: `{command}` — {timing}.", "",
+             f"Held-out worlds {list(proto.worlds)} x seeds {list(proto.seeds)}; tuning on world {proto.dev_world} "
+             f"(seeds {list(proto.dev_seeds)}), {budget} grid points per method x every epoch. Cells: "
+             "`mean ± std over runs [std of the per-world means]`. `forget_log_truth_ratio_gap` > 0 means "
+             "over-forgetting, < 0 under-forgetting (docs/metrics.md#signed-log-truth-ratio).", "",
+             f"Selection rule: {rule.describe()}.", ""]
+    for split in proto.splits:
+        agg = split_table(frame, traj, chosen, proto, split, metrics)
+        agg.to_csv(out / f"table_{split}.csv")
+        md = to_markdown(format_table(agg, metrics))
+        (out / f"table_{split}.md").write_text(md + "\n")
+        lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, ""]
+        pick = chosen[chosen["split"] == split]
+        lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
+            ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
+        paper = paper_block(split)
+        if not paper.empty:
+            lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
+                      "numbers:", "", to_markdown(paper), ""]
+    # -- figures (the first split; held-out paper-settings runs unless noted) --------------------------------
+    split = proto.splits[-1]
+    held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)]
+    figs: dict[str, Path] = {}
+    dev = frame[(frame["split"] == split) & (frame["world"] == proto.dev_world) & (frame["kind"] == "method")].copy()
+    dev["point_name"] = dev["run"].map(_point_of)
+    dev["label"] = dev["method"] + " " + dev["point_name"]
+    trade = pd.concat([aggregate(reference_rows(held), ["model"], metrics),
+                       aggregate(dev.assign(model=dev["label"]), ["model"], metrics)])
+    figs["tradeoff"] = figures.tradeoff(trade, out / "tradeoff.png",
+                                        title=f"{split}: every grid point on the development world")
+    paper_traj = traj[(traj["split"] == split) & traj["world"].isin(proto.worlds)
+                      & traj["run"].str.contains("/paper_s")]
+    if not paper_traj.empty:
+        figs["trajectories"] = figures.trajectories(paper_traj, out / "trajectories.png",
+                                                    ["forget_quality", "model_utility", "forget_log_truth_ratio_gap"])
+    diag = collect_diagnostics(root)
+    if not diag.empty:
+        diag = diag[(diag["split"] == split) & diag["world"].isin(proto.worlds) & diag["run"].str.contains("/paper_s")
+                    & diag["method"].isin(["npo", "blur_npo"])]
+        if not diag.empty:
+            figs["A_f_A_r"] = figures.diagnostics(diag, out / "A_f_A_r.png", ["A_f", "A_r"])
+            figs["cos_fr"] = figures.diagnostics(diag, out / "cos_fr.png", ["cos_fr"])
+    heat_names = {point_name(p, defaults["blur_npo"]) for p in grid_points(proto.heatmap)} if proto.heatmap else set()
+    heat = dev[(dev["method"] == "blur_npo") & dev["point_name"].isin(heat_names)].copy()
+    for key in proto.heatmap:  # the configured value where the run did not override it
+        heat[key] = heat[key].astype(float)
+    if len(heat) and proto.heatmap:
+        x, y = list(proto.heatmap)
+        figs["heatmap"] = figures.heatmap(heat, out / "heatmap.png", x, y, "forget_quality",
+                                          title=f"BLUR-NPO forget quality, {split}, development world")
+    captions = {"tradeoff": "Forget quality vs model utility (Fig. 1)", "A_f_A_r": "A_f and A_r over steps (Fig. 2)",
+                "cos_fr": "cos(g_f, g_r) over steps (Fig. 3)", "trajectories": "Trajectories (Fig. C.1)",
+                "heatmap": "gamma x beta sweep (Fig. C.7)"}
+    lines += [f"## Figures ({split})", ""]
+    for name, path in figs.items():
+        lines += [f"**{captions[name]}**", "", f"![{name}]({path.name})", ""]
+    gens = generations(frame, root, proto, split)
+    if not gens.empty:
+        gens.to_csv(out / "generations.csv", index=False)
+        lines += [f"## Example generations ({split}, world {proto.worlds[0]}, seed {proto.seeds[0]}; Table 8)", "",
+                  "| model | split | question | answer | generation |", "|---|---|---|---|---|"]
+        lines += [f"| {r.model} | {r.split} | {_md_escape(r.question)} | {_md_escape(r.answer)} | "
+                  f"{_md_escape(r.generation)} |" for r in gens.itertuples(index=False)]
+        lines.append("")
+    report = out / "REPORT.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the quick protocol (tofu_micro, minutes)")
+    parser.add_argument("--out", type=Path, default=None, help="default outputs/report (quick: outputs/report-quick)")
+    parser.add_argument("--worlds", nargs="+", type=int, default=None, help="held-out worlds (override)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="unlearning seeds (override)")
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the protocol's methods")
+    parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--utility-floor", type=float, default=SelectionRule.utility_floor)
+    args = parser.parse_args(argv)
+    proto = PROTOCOLS["quick" if args.quick else "full"]
+    if args.worlds or args.seeds or args.methods:
+        grids = {m: g for m, g in proto.grids.items() if not args.methods or m in args.methods}
+        proto = Protocol(proto.name, proto.overrides, proto.splits, proto.dev_world,
+                         tuple(args.worlds or proto.worlds), tuple(args.seeds or proto.seeds), proto.dev_seeds,
+                         grids, proto.heatmap)
+    budget = check_equal_budget(proto.grids)
+    out = args.out or Path("outputs/report-quick" if args.quick else "outputs/report")
+    root = out / "runs"
+    rule = SelectionRule(utility_floor=args.utility_floor)
+    start = time.perf_counter()
+    base_lr = float(compose_cfg([*proto.overrides, *args.override])["optimizer"]["lr"])
+    defaults = method_defaults(proto, args.override)
+    runs = plan_runs(proto, base_lr, defaults, args.override)
+    print(f"[reproduce] {proto.name}: {len(runs)} runs before selection (finished ones are skipped) -> {root}")
+    ran = run_grid(runs, root)
+    chosen = selection(proto, collect_trajectories(root), rule, defaults)
+    tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override)
+    print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
+    ran += run_grid(tuned, root)
+    wall = time.perf_counter() - start
+    total = len({name for name, _ in [*runs, *tuned]})
+    timing = f"this invocation: {wall / 60:.1f} min wall on this machine, {len(ran)} of {total} runs run now"
+    command = "python -m experiments.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "wall_seconds.jsonl", "a", encoding="utf-8") as fh:  # every invocation, never rewritten
+        fh.write(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1), "ran": len(ran),
+                             "runs": total}) + "\n")
+    report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget)
+    print(report.read_text())
+    print(f"[reproduce] {report} ({wall / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
