@@ -19,6 +19,9 @@ VARIANTS: dict[str, list[str]] = {
     "npo_copy": ["method=npo", "method.reference=copy"],
     "blur_npo_copy": ["method=blur_npo", "method.reference=copy"],
 }
+# Settings a method needs to fit the bench's model: RMU steers a decoder layer, which must exist (the bench
+# models have 2 or 4 layers; the configs' layer 7 is Zephyr's).
+FIT_TO_MODEL: dict[str, list[str]] = {"rmu": ["method.forget.layer=1"], "blur_rmu": ["method.forget.layer=1"]}
 METHODS = (*sorted(p.stem for p in (CONFIG_DIR / "method").glob("*.yaml")), *VARIANTS)
 BASELINE = "graddiff"
 BARE = "bare"
@@ -35,7 +38,7 @@ N_BATCHES = 4  # distinct (forget, retain) batch pairs, cycled; the same sequenc
 
 def overrides(name: str) -> list[str]:
     """The Hydra overrides that compose benchmark row `name`."""
-    return VARIANTS.get(name, [f"method={name}"])
+    return VARIANTS.get(name, [f"method={name}", *FIT_TO_MODEL.get(name, [])])
 
 
 def compose_plans(names: Sequence[str]) -> dict[str, Plan]:
