@@ -48,6 +48,7 @@ from unlearn.train.checkpoint import latest_checkpoint
 from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
 from unlearn.train.optim import make_optimizer_factory, make_scheduler
+from unlearn.train.steps import build_step
 from unlearn.train.trajectory import Schedule, TrajectoryWriter
 
 EVAL_CACHE_VERSION = 2
@@ -55,6 +56,7 @@ EVAL_CACHE_VERSION = 2
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv", "trajectory.jsonl")
+REFERENCE_MODES = ("auto", "copy")
 
 Items = dict[str, pd.DataFrame]  # evaluator name -> per-item table
 
@@ -68,6 +70,8 @@ class Plan:
     forget_loss: Any
     retain_loss: Any
     rule: Any
+    step: Any
+    reference: str
     make_optimizer: Callable
     loop: LoopConfig
     evaluators: list[Evaluator]
@@ -99,12 +103,21 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     check_trainer(backend_name, trainer)  # the backend exists and this machine can run what it asks
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
+    step = build_step(method.get("step"))
+    step.check_backend(backend_name)
+    if method.get("direction") is None and step.uses_rule:
+        raise ConfigError("method.direction.name: missing required key")
+    reference = method.get("reference", "auto")
+    if reference not in REFERENCE_MODES:
+        raise ConfigError(f"method.reference: expected one of {', '.join(REFERENCE_MODES)}, got {reference!r}")
     return Plan(
         cfg=cfg,
         benchmark=benchmark,
         forget_loss=build_objective(FORGET_LOSSES, method["forget"]),
         retain_loss=build_objective(RETAIN_LOSSES, method["retain"]),
-        rule=build_direction(method["direction"]),
+        rule=build_direction(method["direction"]) if method.get("direction") is not None else None,
+        step=step,
+        reference=reference,
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
         loop=LoopConfig(seed=int(cfg.get("seed", 0)), **loop_kwargs),
         evaluators=evaluators,
@@ -197,6 +210,19 @@ def evaluate_now(p: Plan, task: Task, model: Any, dtype: torch.dtype, references
     return summarise(p.evaluators, items, references)
 
 
+def needs_reference_copy(p: Plan) -> bool:
+    """Whether the run keeps a frozen copy of the model (docs/methods.md#npo-reference).
+
+    `method.reference=auto` (default): only when an objective needs the reference's forward (KL's full
+    distributions); NPO's sequence log-probs are precomputed once before unlearning instead, which is exact and
+    costs no second model. `copy`: always keep the copy (the earlier behaviour, for comparisons).
+    """
+    needing = [o for o in (p.forget_loss, p.retain_loss) if o.needs_ref]
+    if p.reference == "copy":
+        return bool(needing)
+    return any(o.ref_kind != "sequence_logp" for o in needing)
+
+
 def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mapping[str, Any], Path | None]:
     """Interpret `resume`: null (new run), true (resume `run_dir`) or a run directory to resume.
 
@@ -276,13 +302,12 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     backend.barrier()
 
     # -- unlearn ------------------------------------------------------------------------------------------------
-    needs_ref = p.forget_loss.needs_ref or p.retain_loss.needs_ref
-    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_ref else None
+    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_reference_copy(p) else None
     opt_cfg = p.cfg["optimizer"]
     unlearner = Unlearner(
         model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule, backend=backend,
         make_optimizer=p.make_optimizer, make_scheduler=lambda opt, n: make_scheduler(opt, opt_cfg, n),
-        collate=task.collate, cfg=p.loop, ref_model=ref_model,
+        collate=task.collate, cfg=p.loop, ref_model=ref_model, step=p.step,
     )
     resume_step = None if resume_from is None else int(resume_from.name.split("-")[1])
     writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step) if main else None
