@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM := false
 # Idle OpenMP threads sleep instead of spinning: on 2 shared cores spinning slowed small-model training 5-10x.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup test test-slow test-distributed lint demo table bench regime clean-outputs
+.PHONY: setup test test-slow test-distributed lint demo table reproduce-tables reproduce-tables-quick bench regime clean-outputs
 
 # torch first, by exact version (a CPU wheel; letting pip resolve it pulls a multi-GB CUDA build), then
 # DeepSpeed without build isolation (its build imports torch), then the package with every extra.
@@ -41,6 +41,15 @@ demo:
 # Every method x forget05/forget10 x 3 seeds on tofu_mini; writes outputs/tables/tofu_mini.md (README table).
 table:
 	$(BIN)/python -m experiments.tofu_mini_table
+
+# The paper's TOFU table and figures on tofu_mini across worlds (1 development + 3 held-out worlds x 3 seeds, paper
+# settings and equal-budget tuned rows, relearning attack): outputs/report/REPORT.md. Resumable: finished runs are
+# skipped, never redone or overwritten. The quick version (tofu_micro, 1 + 1 worlds) writes outputs/report-quick/.
+reproduce-tables:
+	$(BIN)/python -m experiments.reproduce
+
+reproduce-tables-quick:
+	$(BIN)/python -m experiments.reproduce --quick
 
 # Step time and peak memory of every method vs GradDiff, loop throughput vs a bare loop, full tofu_mini eval time;
 # writes outputs/bench/bench.json + bench.md (archived per run under outputs/bench/runs/). CUDA adds a 1B section.

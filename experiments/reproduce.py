@@ -44,7 +44,9 @@ from unlearn.report.table import to_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 METRICS = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility", "forget_rouge",
-           "retain_rouge")
+           "retain_rouge", "forget_prob", "relearn_forget_prob", "relearn_recovery", "relearn_forget_quality")
+#: The relearning attack every run ends with (docs/metrics.md#relearning-attack): the `relearn_*` columns.
+RELEARN = ("relearn.steps=10", "relearn.fraction=0.5")
 LR_KEY = "optimizer.lr"
 
 
@@ -96,10 +98,10 @@ QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
     "blur_npo": {"method.direction.gamma": [0.5, 1.0]},
 }
 PROTOCOLS = {
-    "full": Protocol("full", ("benchmark=tofu_mini",), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
+    "full": Protocol("full", ("benchmark=tofu_mini", *RELEARN), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
                      seeds=(0, 1, 2), dev_seeds=(0,), grids=FULL_GRIDS,
                      heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]}),
-    "quick": Protocol("quick", ("benchmark=tofu_micro",), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
+    "quick": Protocol("quick", ("benchmark=tofu_micro", *RELEARN), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
                       dev_seeds=(0,), grids=QUICK_GRIDS,
                       heatmap={"method.direction.gamma": [0.5, 1.0], "method.forget.beta": [0.1, 0.2]}),
 }
@@ -210,10 +212,22 @@ def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, p
         tuned = apply_selection(pts, pick, ["point_name", "epoch"])
         parts.append(tuned.assign(row=lambda f: f["method"] + " (tuned)"))
     rows = pd.concat(parts, ignore_index=True)
+    if "relearn_forget_prob" in rows.columns:
+        rows["relearn_recovery"] = relearn_recovery(rows)
     order = [*proto.grids, *(f"{m} (tuned)" for m in proto.grids)]
     agg = aggregate(rows, ["row"], metrics)
     agg.index.name = "model"
     return order_models(agg, methods=order)
+
+
+def relearn_recovery(rows: pd.DataFrame, metric: str = "forget_prob") -> pd.Series:
+    """The share of what unlearning removed that the relearning attack brings back, per run:
+    `(relearn_m - m) / (m_Original - m)` with the Original (target) of the same world; 0 = nothing comes back,
+    1 = back to the target. NaN for reference rows and for tuned rows read at an earlier epoch (the attack runs
+    on the final model only)."""
+    original = rows[rows["model"] == "Original"].drop_duplicates("world").set_index("world")[metric]
+    out = (rows[f"relearn_{metric}"] - rows[metric]) / (rows["world"].map(original) - rows[metric])
+    return out.where(rows["kind"] == "method")
 
 
 def paper_block(split: str, benchmark: str = "tofu") -> pd.DataFrame:
@@ -271,7 +285,11 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         agg.to_csv(out / f"table_{split}.csv")
         md = to_markdown(format_table(agg, metrics))
         (out / f"table_{split}.md").write_text(md + "\n")
-        lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, ""]
+        lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, "",
+                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack; final "
+                  "models only, so a tuned row read at an earlier epoch has none); `relearn_recovery`: the share of "
+                  "the forget-set probability removed by unlearning that the attack brings back (0: none, 1: all).",
+                  ""]
         pick = chosen[chosen["split"] == split]
         lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
             ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
@@ -279,7 +297,7 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         if not paper.empty:
             lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
                       "numbers:", "", to_markdown(paper), ""]
-    # -- figures (the first split; held-out paper-settings runs unless noted) --------------------------------
+    # -- figures (the last split; held-out paper-settings runs unless noted) --------------------------------
     split = proto.splits[-1]
     held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)]
     figs: dict[str, Path] = {}

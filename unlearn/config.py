@@ -17,7 +17,7 @@ from unlearn.errors import ConfigError
 REQUIRED = {
     "model": ("name", "source"),
     "benchmark": ("name",),
-    "method": ("name", "forget", "retain", "direction"),
+    "method": ("name", "forget", "retain"),  # `direction` too, unless the step strategy uses none (plan checks)
     "optimizer": ("name", "lr"),
     "trainer": ("backend", "batch_size"),
     "logger": ("name",),
@@ -69,5 +69,7 @@ def validate_required(cfg: Mapping[str, Any]) -> None:
     if not isinstance(cfg.get("eval"), Mapping):
         raise ConfigError("eval: missing config group (choose evaluators with `eval=<name>` or `eval=[a,b]`)")
     for part in ("forget", "retain", "direction"):
+        if part == "direction" and cfg["method"].get(part) is None:
+            continue  # checked by the planner against the step strategy
         if not isinstance(cfg["method"][part], Mapping) or "name" not in cfg["method"][part]:
             raise ConfigError(f"method.{part}.name: missing required key")

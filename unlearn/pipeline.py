@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from unlearn.benchmarks.base import Benchmark, Task, build_benchmark
 from unlearn.config import to_container, validate_required
@@ -46,6 +48,7 @@ from unlearn.train.checkpoint import latest_checkpoint
 from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
 from unlearn.train.optim import make_optimizer_factory, make_scheduler
+from unlearn.train.steps import build_step
 from unlearn.train.trajectory import Schedule, TrajectoryWriter
 
 EVAL_CACHE_VERSION = 2
@@ -53,6 +56,7 @@ EVAL_CACHE_VERSION = 2
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv", "trajectory.jsonl")
+REFERENCE_MODES = ("auto", "copy")
 
 Items = dict[str, pd.DataFrame]  # evaluator name -> per-item table
 
@@ -66,6 +70,8 @@ class Plan:
     forget_loss: Any
     retain_loss: Any
     rule: Any
+    step: Any
+    reference: str
     make_optimizer: Callable
     loop: LoopConfig
     evaluators: list[Evaluator]
@@ -97,12 +103,21 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     check_trainer(backend_name, trainer)  # the backend exists and this machine can run what it asks
     loop_kwargs = {k: trainer.pop(k) for k in LOOP_KEYS if k in trainer}
     logger_cfg = {k: v for k, v in cfg["logger"].items() if k != "name"}
+    step = build_step(method.get("step"))
+    step.check_backend(backend_name)
+    if method.get("direction") is None and step.uses_rule:
+        raise ConfigError("method.direction.name: missing required key")
+    reference = method.get("reference", "auto")
+    if reference not in REFERENCE_MODES:
+        raise ConfigError(f"method.reference: expected one of {', '.join(REFERENCE_MODES)}, got {reference!r}")
     return Plan(
         cfg=cfg,
         benchmark=benchmark,
         forget_loss=build_objective(FORGET_LOSSES, method["forget"]),
         retain_loss=build_objective(RETAIN_LOSSES, method["retain"]),
-        rule=build_direction(method["direction"]),
+        rule=build_direction(method["direction"]) if method.get("direction") is not None else None,
+        step=step,
+        reference=reference,
         make_optimizer=make_optimizer_factory(cfg["optimizer"]),
         loop=LoopConfig(seed=int(cfg.get("seed", 0)), **loop_kwargs),
         evaluators=evaluators,
@@ -195,6 +210,19 @@ def evaluate_now(p: Plan, task: Task, model: Any, dtype: torch.dtype, references
     return summarise(p.evaluators, items, references)
 
 
+def needs_reference_copy(p: Plan) -> bool:
+    """Whether the run keeps a frozen copy of the model (docs/methods.md#npo-reference).
+
+    `method.reference=auto` (default): only when an objective needs the reference's forward (KL's full
+    distributions); NPO's sequence log-probs are precomputed once before unlearning instead, which is exact and
+    costs no second model. `copy`: always keep the copy (the earlier behaviour, for comparisons).
+    """
+    needing = [o for o in (p.forget_loss, p.retain_loss) if o.needs_ref]
+    if p.reference == "copy":
+        return bool(needing)
+    return any(o.ref_kind != "sequence_logp" for o in needing)
+
+
 def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mapping[str, Any], Path | None]:
     """Interpret `resume`: null (new run), true (resume `run_dir`) or a run directory to resume.
 
@@ -216,18 +244,22 @@ def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mappin
     return target, yaml.safe_load(saved.read_text()), checkpoint
 
 
-def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: bool = True) -> dict[str, float]:
-    """Run one experiment into `run_dir` and return its summary metrics."""
+def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: bool = True,
+                   progress: bool | None = None) -> dict[str, float]:
+    """Run one experiment into `run_dir` and return its summary metrics.
+
+    `progress`: a progress bar over the unlearning steps (None: when stderr is a terminal and `console_print`)."""
     run_dir, cfg, resume_from = _resolve_resume(cfg, Path(run_dir))
     p = plan(cfg)
     try:
-        return _run_planned(p, run_dir, resume_from, console_print)
+        return _run_planned(p, run_dir, resume_from, console_print, progress)
     except BaseException:
         p.logger.finish(failed=True)  # an external logger's run is closed (marked failed) on any failure too
         raise
 
 
-def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool) -> dict[str, float]:
+def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool,
+                 progress: bool | None) -> dict[str, float]:
     # The backend first: under torchrun it joins the process group, and from here on only rank 0 writes files.
     backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
     main = backend.rank == 0
@@ -270,13 +302,12 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     backend.barrier()
 
     # -- unlearn ------------------------------------------------------------------------------------------------
-    needs_ref = p.forget_loss.needs_ref or p.retain_loss.needs_ref
-    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_ref else None
+    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_reference_copy(p) else None
     opt_cfg = p.cfg["optimizer"]
     unlearner = Unlearner(
         model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule, backend=backend,
         make_optimizer=p.make_optimizer, make_scheduler=lambda opt, n: make_scheduler(opt, opt_cfg, n),
-        collate=task.collate, cfg=p.loop, ref_model=ref_model,
+        collate=task.collate, cfg=p.loop, ref_model=ref_model, step=p.step,
     )
     resume_step = None if resume_from is None else int(resume_from.name.split("-")[1])
     writer = DiagnosticsWriter(run_dir / "diagnostics.csv", resume_after_step=resume_step) if main else None
@@ -296,8 +327,14 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
         f"examples, {total} steps, {len(trainable)} trained parameter tensors, {backend.world_size} process(es) -> "
         f"{run_dir}")
 
+    # A progress bar on an interactive console only (quiet in logs, tests and multirun jobs: `progress=False`).
+    bar = tqdm(total=total, initial=resume_step or 0, desc=f"unlearn {method}", unit="step", leave=False,
+               disable=not (main and console_print and (progress if progress is not None else sys.stderr.isatty())))
+
     def on_step(row: dict[str, float]) -> None:
         step = int(row["step"])
+        bar.update(1)
+        bar.set_postfix(loss_f=f"{row.get('loss_f', float('nan')):.3g}", refresh=False)
         if writer is not None:
             writer.write(row)
             p.logger.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
@@ -314,6 +351,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
         unlearner.run(task.forget, task.retain, on_step=on_step, checkpoint_dir=run_dir / "checkpoints",
                       resume_from=resume_from)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     timings["unlearn_seconds"] = time.perf_counter() - t0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from unlearn.config import register_resolvers
@@ -34,7 +35,9 @@ def main(cfg: DictConfig) -> float | None:
                 aside = set_aside_incomplete(run_dir)
                 if aside is not None:
                     print(f"[unlearn] {run_dir}: an unfinished attempt's outputs moved to {aside}")
-            summary = run_experiment(cfg, run_dir)
+            # No progress bars in multirun jobs (parallel launchers interleave them).
+            summary = run_experiment(cfg, run_dir, progress=False if HydraConfig.get().mode == RunMode.MULTIRUN
+                                     else None)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -77,16 +77,29 @@ def batches(batch: int = BATCH) -> list[tuple[list[dict[str, list[int]]], list[d
     return [(examples(batch, 100 + s), examples(batch, 200 + s)) for s in range(STEPS)]
 
 
+#: The losses of a run: BLUR-NPO by default; `rmu` steers layer 0 of the 2 (so the truncated forward skips layer 1).
+LOSSES = {
+    "npo": ({"name": "npo", "beta": 0.1}, {"name": "nll"}),
+    "rmu": ({"name": "rmu", "layer": 0, "steering_coeff": 4.0, "seed": 0}, {"name": "rmu", "layer": 0}),
+}
+
+
 def unlearner(backend: Backend, micro_batch_size: int | None, batch: int = BATCH,
-              model_dtype: torch.dtype | None = None, optimizer: str = "sgd", lr_scale: float = 1.0) -> Unlearner:
-    """BLUR-NPO (gamma 1, beta 0.1) on the tiny model (cast to `model_dtype`, as if loaded in it), global batch
-    `batch`, with `OPTIMIZERS[optimizer]` (its learning rate times `lr_scale`)."""
+              model_dtype: torch.dtype | None = None, optimizer: str = "sgd", lr_scale: float = 1.0,
+              trainable: list[str] | None = None, losses: str = "npo") -> Unlearner:
+    """BLUR (gamma 1) with `LOSSES[losses]` on the tiny model (cast to `model_dtype`, as if loaded in it), global
+    batch `batch`, with `OPTIMIZERS[optimizer]` (its learning rate times `lr_scale`); `trainable` as
+    `model.trainable`, applied before the backend wraps the model (as the pipeline does)."""
+    from unlearn.models.trainable import apply_trainable
+
     model = tiny_model() if model_dtype is None else tiny_model().to(model_dtype)
+    apply_trainable(model, trainable)
     make = OPTIMIZERS[optimizer]
+    forget_cfg, retain_cfg = LOSSES[losses]
     return Unlearner(
         model=model,
-        forget_loss=build_objective(FORGET_LOSSES, {"name": "npo", "beta": 0.1}),
-        retain_loss=build_objective(RETAIN_LOSSES, {"name": "nll"}),
+        forget_loss=build_objective(FORGET_LOSSES, forget_cfg),
+        retain_loss=build_objective(RETAIN_LOSSES, retain_cfg),
         rule=build_direction({"name": "blur", "gamma": GAMMA}),
         backend=backend,
         make_optimizer=lambda p: make(p, lr_scale),
@@ -101,10 +114,12 @@ def run_steps(u: Unlearner) -> list[dict[str, float]]:
     return [u.step(f, r) for f, r in batches(u.cfg.batch_size)]
 
 
-def single_process_reference(batch: int = BATCH, optimizer: str = "sgd") -> dict[str, Any]:
+def single_process_reference(batch: int = BATCH, optimizer: str = "sgd", trainable: list[str] | None = None,
+                             losses: str = "npo") -> dict[str, Any]:
     """Parameters and diagnostics of the same STEPS steps in one process (the ground truth), and the initial
     parameters (the comparisons' scale for how far the steps moved the weights)."""
-    u = unlearner(Backend(), micro_batch_size=None, batch=batch, optimizer=optimizer)
+    u = unlearner(Backend(), micro_batch_size=None, batch=batch, optimizer=optimizer, trainable=trainable,
+                  losses=losses)
     initial = {n: p.detach().clone() for n, p in u.model.named_parameters()}
     rows = run_steps(u)
     return {"rows": rows, "params": {n: p.detach().clone() for n, p in u.model.named_parameters()},

@@ -132,7 +132,8 @@ def one_run(run: dict, out_dir: Path) -> None:
     backend = BACKENDS.build(run["backend"], **run["kwargs"])
     dtype = getattr(torch, run["model_dtype"]) if run.get("model_dtype") else None
     u = unlearner(backend, micro_batch_size=run["micro"], batch=run["batch"], model_dtype=dtype,
-                  optimizer=run.get("optimizer", "sgd"), lr_scale=run.get("lr_scale", 1.0))
+                  optimizer=run.get("optimizer", "sgd"), lr_scale=run.get("lr_scale", 1.0),
+                  trainable=run.get("trainable"), losses=run.get("losses", "npo"))
     gram_numel = record_gram_inputs(backend)
     ref_numel = reference_local_numel(u)
     if run.get("resume_after"):

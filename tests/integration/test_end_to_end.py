@@ -13,7 +13,7 @@ from unlearn.evals.base import read_items
 from unlearn.pipeline import run_experiment
 from unlearn.train.diagnostics import COLUMNS
 
-METHODS = ["ga", "graddiff", "npo", "simnpo", "ngdiff", "blur_npo", "blur_simnpo", "blur_ga"]
+METHODS = ["ga", "graddiff", "npo", "simnpo", "ngdiff", "blur_npo", "blur_simnpo", "blur_ga", "ofmu", "ngdiff_adaptive"]
 
 
 @pytest.fixture(scope="session")

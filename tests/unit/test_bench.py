@@ -42,6 +42,15 @@ def test_json_schema(run: tuple[Path, dict]) -> None:
         assert isinstance(t["met"], bool)
     assert "loop_throughput_fraction" in data["targets"]
     assert "blur_ga/graddiff.step_time_ratio" in data["targets"]
+    # Rows come from configs/method/ (OFMU and adaptive NGDiff included) plus the reference-copy variants.
+    assert {"ofmu", "ngdiff_adaptive", "npo_copy", "blur_npo_copy"} <= set(data["methods"])
+    for name in ("npo", "blur_npo"):
+        assert f"{name}.peak_mem_minus_graddiff_in_grad_sizes" in data["targets"]
+        assert f"{name}/graddiff.step_time_ratio" in data["targets"]
+    # The frozen copy costs about one set of float32 weights (= one gradient size) that the precomputed
+    # reference does not (the micro model's other allocations are the same for both rows).
+    extra = data["methods"]["npo_copy"]["peak_mem_bytes"] - data["methods"]["npo"]["peak_mem_bytes"]
+    assert extra > 0.5 * data["model"]["grad_bytes"]
 
 
 def test_outputs_are_archived_and_never_silently_overwritten(run: tuple[Path, dict]) -> None:

@@ -108,7 +108,13 @@ class _LayerObjective(Objective):
             raise ConfigError(f"{key}.layer: expected an integer layer index, got {layer!r}")
         if not isinstance(truncate, bool):
             raise ConfigError(f"{key}.truncate: expected true/false, got {truncate!r}")
-        self.layer, self.truncate = layer, truncate
+        self.layer, self.truncate, self.key = layer, truncate, key
+
+    def setup(self, model: nn.Module, seed: int = 0) -> None:
+        """Check the layer exists before training starts (the error names the key)."""
+        n = len(decoder_layers(model)[2])
+        if not -n <= self.layer < n:
+            raise ConfigError(f"{self.key}.layer: {self.layer} is out of range; the model has {n} decoder layers")
 
 
 @FORGET_LOSSES.register("rmu")
@@ -131,6 +137,7 @@ class RMUForget(_LayerObjective):
         self.v: Tensor | None = None
 
     def setup(self, model: nn.Module, seed: int = 0) -> None:
+        super().setup(model, seed)
         hidden = int(_unwrap(model).config.hidden_size)
         if self.v is None or self.v.numel() != hidden:
             self.v = control_vector(hidden, self.seed if self.seed is not None else seed)

@@ -14,6 +14,7 @@ groups them by benchmark, split, model and every hyper-parameter that varies bet
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from unlearn.loggers import Logger, WandbLogger
 from unlearn.report import figures
 from unlearn.report.aggregate import aggregate, format_table, order_models, table_rows
 from unlearn.report.collect import collect, collect_diagnostics, collect_trajectories, finished_runs, param_columns
@@ -41,8 +43,10 @@ def headline_metrics(root: Path) -> list[str]:
 
 
 def build_report(root: str | Path, out: str | Path, metrics: Sequence[str] | None = None,
-                 heatmap: Sequence[str] | None = None, force: bool = False) -> dict[str, Path]:
-    """Write the report files (module docstring) and return them by name."""
+                 heatmap: Sequence[str] | None = None, force: bool = False, logger: Logger | None = None
+                 ) -> dict[str, Path]:
+    """Write the report files (module docstring) and return them by name; with a `logger` (e.g. W&B), also log
+    the table and every figure to it."""
     root, out = Path(root), Path(out)
     if (out / "REPORT.md").exists() and not force:
         raise FileExistsError(f"{out} already holds a report; choose another --out (or --force to replace it)")
@@ -87,6 +91,15 @@ def build_report(root: str | Path, out: str | Path, metrics: Sequence[str] | Non
         if name in files:
             lines += [f"![{name}]({files[name].name})", ""]
     (files.setdefault("report", out / "REPORT.md")).write_text("\n".join(lines))
+    if logger is not None:
+        logger.start({"report": str(root), "metrics": metrics, "heatmap": list(heatmap or [])}, out)
+        try:
+            logger.table("report/table", format_table(agg, metrics))
+            for name in ("tradeoff", "trajectories", "diagnostics", "heatmap"):
+                if name in files:
+                    logger.image(f"report/{name}", files[name])
+        finally:
+            logger.finish()
     return files
 
 
@@ -108,9 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--heatmap", nargs=3, metavar=("X", "Y", "METRIC"), default=None,
                         help="a heatmap of METRIC over two swept config keys, e.g. method.direction.gamma")
     parser.add_argument("--force", action="store_true", help="replace an existing report in --out")
+    parser.add_argument("--wandb", metavar="PROJECT", default=None,
+                        help="also log the table and figures to W&B (offline unless WANDB_MODE=online)")
     args = parser.parse_args(argv)
+    logger = None
+    if args.wandb:
+        logger = WandbLogger(project=args.wandb, mode=os.environ.get("WANDB_MODE", "offline"))
     try:
-        files = build_report(args.runs, args.out or args.runs / "report", args.metrics, args.heatmap, args.force)
+        files = build_report(args.runs, args.out or args.runs / "report", args.metrics, args.heatmap, args.force,
+                             logger)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

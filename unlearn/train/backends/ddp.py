@@ -31,9 +31,10 @@ class DDPBackend(DistributedBackend):
     supported_precisions = ("bf16",)
 
     def __init__(self, device: str = "auto", gradient_checkpointing: bool = False,
-                 bucket_cap_mb: float = 25.0, mixed_precision: str | None = None) -> None:
+                 bucket_cap_mb: float = 25.0, mixed_precision: str | None = None,
+                 process_group_timeout: float = 1800.0) -> None:
         super().__init__(device=device, mixed_precision=mixed_precision,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, process_group_timeout=process_group_timeout)
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.ddp: DistributedDataParallel | None = None
 

@@ -65,6 +65,9 @@ class DistributedBackend(Backend):
         device: `auto` (this rank's GPU, else CPU) or an explicit device.
         mixed_precision: null, `bf16` or `fp16` where the subclass supports it.
         gradient_checkpointing: recompute activations in backward to save memory.
+        process_group_timeout: seconds a collective (a barrier included) waits before the group fails
+            (`trainer.process_group_timeout`). Ranks other than 0 wait at a barrier while rank 0 evaluates: set it
+            above the longest evaluation (a full MMLU run on a 7B model takes tens of minutes; docs/distributed.md).
     """
 
     supported_precisions: tuple[str, ...] = ()  # subclasses list what they honour
@@ -78,12 +81,16 @@ class DistributedBackend(Backend):
         device: str = "auto",
         mixed_precision: str | None = None,
         gradient_checkpointing: bool = False,
+        process_group_timeout: float = 1800.0,
     ) -> None:
         # Config first, process group second: a bad value, or a precision this machine cannot run, fails at once,
         # launcher or not.
         resolve_mixed_precision(mixed_precision, self.supported_precisions)
         check_precision(mixed_precision, device, self.supported_precisions)
-        init_process_group()
+        if isinstance(process_group_timeout, bool) or not isinstance(process_group_timeout, int | float) \
+                or not process_group_timeout > 0:
+            raise ConfigError(f"trainer.process_group_timeout: expected seconds > 0, got {process_group_timeout!r}")
+        init_process_group(float(process_group_timeout))
         super().__init__(resolve_device(device), mixed_precision=mixed_precision,
                          gradient_checkpointing=gradient_checkpointing)
         self.rank = dist.get_rank()

@@ -48,9 +48,10 @@ class FSDP2Backend(DistributedBackend):
     supported_precisions = ("bf16",)
 
     def __init__(self, device: str = "auto", mixed_precision: str | None = None,
-                 gradient_checkpointing: bool = False, reshard_after_forward: bool = True) -> None:
+                 gradient_checkpointing: bool = False, reshard_after_forward: bool = True,
+                 process_group_timeout: float = 1800.0) -> None:
         super().__init__(device=device, mixed_precision=mixed_precision,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, process_group_timeout=process_group_timeout)
         self.reshard_after_forward = bool(reshard_after_forward)
         self.mesh: DeviceMesh = init_device_mesh(self.device.type, (self.world_size,))
         self.space = GradSpace(all_reduce=self._all_reduce_sum)

@@ -170,7 +170,7 @@ class DeepSpeedBackend(DistributedBackend):
 
     def __init__(self, zero_stage: int = 2, deepspeed_config: str | Mapping[str, Any] | None = None,
                  device: str = "auto", mixed_precision: str | None = None,
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, process_group_timeout: float = 1800.0) -> None:
         # Validate the config before joining a process group, so a typo fails at once on every rank.
         if isinstance(zero_stage, bool) or not isinstance(zero_stage, int) or zero_stage not in ZERO_STAGES:
             raise ConfigError(f"trainer.zero_stage: must be one of 0, 1, 2, 3, got {zero_stage!r}")
@@ -185,7 +185,7 @@ class DeepSpeedBackend(DistributedBackend):
         base = load_deepspeed_config(deepspeed_config)
         build_deepspeed_config(base, zero_stage, mixed_precision, world_size=1)  # validation only
         super().__init__(device=device, mixed_precision=mixed_precision,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, process_group_timeout=process_group_timeout)
         self.mixed_precision = mixed_precision if self.param_dtype is not None else None
         self.ds_config = build_deepspeed_config(base, zero_stage, self.mixed_precision, self.world_size)
         self.engine: Any = None

@@ -5,8 +5,10 @@ Two implementations, each labelled as what it is (`method.step.hvp`):
 * `exact`: double backward, `H v = grad_theta <grad_theta L, v>` with `torch.autograd.grad(create_graph=True)`,
   per micro-batch and summed (H is linear in the loss, so the sum over weighted micro-batches is the step's H v
   exactly). Exact up to rounding; needs a backend whose gradients come from plain autograd on the local model:
-  one process. DDP's reducer, FSDP2's sharded parameters and DeepSpeed's gradient hooks do not take part in a
-  second-order `autograd.grad`, so they are refused before anything is loaded.
+  one process. Attention runs on SDPA's math kernel inside it: the fused kernels (flash, memory-efficient, the
+  CPU flash kernel) have no double backward. DDP's reducer, FSDP2's sharded parameters and DeepSpeed's
+  gradient hooks do not take part in a second-order `autograd.grad`, so they are refused before anything is
+  loaded.
 * `finite_difference`: the central difference `(grad L(theta + e v) - grad L(theta - e v)) / 2e`, with
   `e = eps / ||v||` so that the perturbation has norm `eps` whatever v's scale. It uses ordinary backward passes
   (two gradients) and so runs wherever parameters can be perturbed in place and gradients are complete per
@@ -20,6 +22,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from unlearn.objectives.base import Objective
 from unlearn.train.steps.base import MicroBatches, StepContext, Vector
@@ -32,13 +35,14 @@ def exact_hvp(ctx: StepContext, objective: Objective, micro: MicroBatches, v: Ve
     for batch, weight in micro:
         if weight == 0.0:  # a padding repeat (see Unlearner._micro_batches): contributes exactly nothing
             continue
-        with ctx.backend.autocast():
-            loss = objective(ctx.model, batch, ctx.u.reference) * weight
-        grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
-        dot = sum((g * x).sum() for g, x in zip(grads, v, strict=True) if g is not None)
-        if not torch.is_tensor(dot) or not dot.requires_grad:
-            continue  # the loss is linear in the parameters on this batch: H = 0
-        hv = torch.autograd.grad(dot, params, allow_unused=True)
+        with sdpa_kernel([SDPBackend.MATH]):
+            with ctx.backend.autocast():
+                loss = objective(ctx.model, batch, ctx.u.reference) * weight
+            grads = torch.autograd.grad(loss, params, create_graph=True, allow_unused=True)
+            dot = sum((g * x).sum() for g, x in zip(grads, v, strict=True) if g is not None)
+            if not torch.is_tensor(dot) or not dot.requires_grad:
+                continue  # the loss is linear in the parameters on this batch: H = 0
+            hv = torch.autograd.grad(dot, params, allow_unused=True)
         torch._foreach_add_(out, [h if h is not None else torch.zeros_like(p) for h, p in zip(hv, params,
                                                                                           strict=True)])
     return [h.detach() for h in out]

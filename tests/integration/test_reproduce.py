@@ -1,0 +1,79 @@
+"""experiments.reproduce: the declared protocol (equal budget, one run per distinct config) and, slow, the quick
+protocol end to end on the micro world (tables, figures, report; a re-run runs nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from experiments import reproduce as R
+
+
+def test_every_protocol_gives_every_method_the_same_budget() -> None:
+    assert R.check_equal_budget(R.FULL_GRIDS) == 6
+    assert R.check_equal_budget(R.QUICK_GRIDS) == 2
+    with pytest.raises(ValueError, match="unequal tuning budget"):
+        R.check_equal_budget({"a": {"x": [1, 2]}, "b": {"y": [1]}})
+
+
+def test_runs_are_named_by_what_they_run() -> None:
+    proto = R.PROTOCOLS["quick"]
+    defaults = R.method_defaults(proto)
+    assert defaults["blur_npo"]["method.direction.gamma"] == 1.0 and defaults["npo"]["method.forget.beta"] == 0.1
+    # The configured settings are "paper" however they are spelled; a heatmap point equal to a grid point is it.
+    assert R.point_name({"method.direction.gamma": 1.0}, defaults["blur_npo"]) == "paper"
+    assert R.point_name({"method.direction.gamma": 0.5, "method.forget.beta": 0.1}, defaults["blur_npo"]) == \
+        R.point_name({"method.direction.gamma": 0.5}, defaults["blur_npo"]) == "gamma=0.5"
+    assert R.point_name({R.LR_KEY: 2.0}, defaults["ga"]) == "lr=x2"
+    runs = dict(R.plan_runs(proto, 1e-3, defaults, []))
+    assert "forget10/w0/blur_npo/gamma=0.5,beta=0.2_s0" in runs and "forget10/w1/npo/paper_s0" in runs
+    # 4 methods x (dev + 1 held-out paper runs) + one non-paper grid point each + 2 new heatmap points
+    assert len(runs) == 4 * 2 + 4 + 2
+    lr = runs["forget10/w0/ga/lr=x2_s0"]
+    assert "optimizer.lr=0.002" in lr and "benchmark.world.seed=0" in lr and "eval.every=1" in lr
+    assert all("relearn.steps=10" in o for o in runs.values())
+
+
+def test_relearn_recovery_by_hand() -> None:
+    rows = pd.DataFrame([
+        {"model": "Original", "kind": "reference", "world": 1, "forget_prob": 0.9, "relearn_forget_prob": None},
+        {"model": "Original", "kind": "reference", "world": 2, "forget_prob": 0.5, "relearn_forget_prob": None},
+        # world 1: unlearning took 0.9 -> 0.1, the attack brings it to 0.5: (0.5 - 0.1) / (0.9 - 0.1) = 0.5
+        {"model": "npo", "kind": "method", "world": 1, "forget_prob": 0.1, "relearn_forget_prob": 0.5},
+        # world 2: 0.5 -> 0.1, attack to 0.2: 0.1 / 0.4 = 0.25 (each run against its own world's target)
+        {"model": "npo", "kind": "method", "world": 2, "forget_prob": 0.1, "relearn_forget_prob": 0.2},
+        {"model": "npo (tuned)", "kind": "method", "world": 2, "forget_prob": 0.1, "relearn_forget_prob": None},
+    ])
+    got = R.relearn_recovery(rows)
+    assert got.iloc[:2].isna().all() and pd.isna(got.iloc[4])
+    assert got.iloc[2] == pytest.approx(0.5, rel=1e-12) and got.iloc[3] == pytest.approx(0.25, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_quick_protocol_end_to_end(micro_prepared: Any, micro_cache_dir: Path, tmp_path: Path,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNLEARN_CACHE", str(micro_cache_dir))
+    out = tmp_path / "report"
+    args = ["--quick", "--methods", "npo", "blur_npo", "--out", str(out), "--override", "trainer.epochs=2"]
+    assert R.main(args) == 0
+    report = (out / "REPORT.md").read_text()
+    for name in ("tradeoff", "trajectories", "A_f_A_r", "cos_fr", "heatmap"):
+        path = out / f"{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000, name
+        assert f"]({name}.png)" in report
+    table = pd.read_csv(out / "table_forget10.csv", index_col=0)
+    assert {"Original", "Retain", "npo", "blur_npo", "npo (tuned)", "blur_npo (tuned)"} <= set(table.index)
+    assert (table.loc["Original", "forget_quality"] < table.loc["Retain", "forget_quality"])
+    assert "relearn_forget_prob" in table.columns and "Published (BLUR paper" in report
+    assert table.loc["npo", "relearn_recovery"] == table.loc["npo", "relearn_recovery"]  # computed (not NaN)
+    chosen = pd.read_csv(out / "selection.csv")
+    assert set(chosen["method"]) == {"npo", "blur_npo"} and (chosen["epoch"] > 0).all()
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}
+    assert R.main(args) == 0  # everything finished: nothing runs again, nothing is rewritten
+    assert {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")} == stamps
+    log = [json.loads(line) for line in (out / "wall_seconds.jsonl").read_text().splitlines()]
+    assert log[-1]["ran"] == 0 and log[0]["ran"] == log[0]["runs"]
