@@ -2,13 +2,21 @@
 
 Re-running a grid after an interruption only runs what is missing, and a finished run's results are never
 touched. Results are gathered from each run's summary.json / references.json.
+
+`jobs > 1` runs that many runs at once in worker processes, each with `cpu_count // jobs` torch threads: the
+embedded models are so small that one run cannot keep two cores busy (intra-op threading of 128-wide matmuls
+mostly waits), so two single-threaded runs finish a grid sooner than one two-threaded run at a time. Workers that
+need the same cached model wait on its build lock (unlearn/models/cache.py) and build it once.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import pandas as pd
@@ -24,23 +32,51 @@ def compose_cfg(overrides: Sequence[str]):
         return compose("config", overrides=list(overrides))
 
 
-def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print) -> list[str]:
+def _run_one(name: str, overrides: Sequence[str], root: str) -> tuple[str, float]:
+    """One run into root/name (an interrupted attempt is kept aside, never deleted); (name, seconds)."""
+    run_dir = Path(root) / name
+    if run_dir.exists():
+        run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
+    t0 = time.perf_counter()
+    run_experiment(compose_cfg(overrides), run_dir, console_print=False)
+    return name, time.perf_counter() - t0
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, jobs: int = 1) -> list[str]:
     """Run each (name, overrides) into root/name unless root/name/summary.json exists; the names it ran.
 
-    A name may contain `/` (nested run directories)."""
+    A name may contain `/` (nested run directories). `jobs > 1`: that many worker processes (module docstring);
+    a failed run raises after the runs already started have finished."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     runs = list(runs)
-    ran = []
+    todo = []
     for i, (name, overrides) in enumerate(runs, 1):
-        run_dir = root / name
-        if (run_dir / "summary.json").exists():
+        if (root / name / "summary.json").exists():
             log(f"[grid] {i}/{len(runs)} {name}: done, skipping")
-            continue
-        if run_dir.exists():  # an interrupted attempt: keep it aside rather than delete anything
-            run_dir.rename(run_dir.with_name(f"{run_dir.name}.incomplete-{int(time.time())}"))
-        t0 = time.perf_counter()
-        run_experiment(compose_cfg(overrides), run_dir, console_print=False)
-        ran.append(name)
-        log(f"[grid] {i}/{len(runs)} {name}: {time.perf_counter() - t0:.0f}s")
+        else:
+            todo.append((name, list(overrides)))
+    ran = []
+    if jobs == 1 or len(todo) <= 1:
+        for k, (name, overrides) in enumerate(todo, 1):
+            _, seconds = _run_one(name, overrides, str(root))
+            ran.append(name)
+            log(f"[grid] {k}/{len(todo)} {name}: {seconds:.0f}s")
+        return ran
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_run_one, name, overrides, str(root)) for name, overrides in todo]
+        for k, fut in enumerate(as_completed(futures), 1):
+            name, seconds = fut.result()
+            ran.append(name)
+            log(f"[grid] {k}/{len(todo)} {name}: {seconds:.0f}s ({jobs} jobs)")
     return ran
 
 

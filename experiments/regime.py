@@ -125,13 +125,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="forget10")
     parser.add_argument("--root", type=Path, default=Path("outputs/regime"))
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (experiments/grid.py)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     runs = [(f"w{w}_{m}", [f"method={m}", f"benchmark.world.seed={w}", f"benchmark.forget_split={args.split}",
                            "eval.every=1", *args.override])
             for w in args.worlds for m in args.methods]
-    run_grid(runs, args.root / "runs")
+    run_grid(runs, args.root / "runs", jobs=args.jobs)
     worlds: dict[str, dict[str, dict[str, Any]]] = {}
     for w in args.worlds:
         worlds[str(w)] = {m: trajectory_stats(read_trajectory(args.root / "runs" / f"w{w}_{m}")) for m in args.methods}

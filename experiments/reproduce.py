@@ -356,6 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the protocol's methods")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--utility-floor", type=float, default=SelectionRule.utility_floor)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (worker processes sharing the cores; experiments/grid.py)")
     args = parser.parse_args(argv)
     proto = PROTOCOLS["quick" if args.quick else "full"]
     if args.worlds or args.seeds or args.methods:
@@ -372,11 +374,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = method_defaults(proto, args.override)
     runs = plan_runs(proto, base_lr, defaults, args.override)
     print(f"[reproduce] {proto.name}: {len(runs)} runs before selection (finished ones are skipped) -> {root}")
-    ran = run_grid(runs, root)
+    ran = run_grid(runs, root, jobs=args.jobs)
     chosen = selection(proto, collect_trajectories(root), rule, defaults)
     tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override)
     print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
-    ran += run_grid(tuned, root)
+    ran += run_grid(tuned, root, jobs=args.jobs)
     wall = time.perf_counter() - start
     total = len({name for name, _ in [*runs, *tuned]})
     timing = f"this invocation: {wall / 60:.1f} min wall on this machine, {len(ran)} of {total} runs run now"
