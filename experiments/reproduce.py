@@ -23,6 +23,7 @@ its wall time), `table_<split>.csv|md`, `selection.csv`, and PNG figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -52,7 +53,12 @@ LR_KEY = "optimizer.lr"
 
 @dataclass(frozen=True)
 class Protocol:
-    """What to run: benchmark overrides, splits, worlds, seeds, methods and each method's grid."""
+    """What to run: benchmark overrides, splits, worlds, seeds, methods and each method's grid.
+
+    The cost knobs (how the full protocol fits its time budget; README "Reproducing tables"):
+    `eval_every` epochs between trajectory evaluations; `traj_seeds` the held-out paper-setting seeds that record
+    a trajectory (the others are evaluated once, at the end); `tuned_seeds` the held-out seeds of the tuned rows;
+    `tune_splits` the splits that are tuned (and get tuned rows); the heatmap runs on the last split only."""
 
     name: str
     overrides: tuple[str, ...]
@@ -63,6 +69,64 @@ class Protocol:
     dev_seeds: tuple[int, ...]
     grids: Mapping[str, Mapping[str, Sequence[float]]]  # method -> {config key: values}; lr as a multiplier
     heatmap: Mapping[str, Sequence[float]] = field(default_factory=dict)  # blur_npo gamma x beta, dev world
+    eval_every: int = 1
+    traj_seeds: tuple[int, ...] | None = None  # None: every seed
+    tuned_seeds: tuple[int, ...] | None = None  # None: every seed
+    tune_splits: tuple[str, ...] | None = None  # None: every split
+    tables: tuple[str, ...] = ()  # other benchmarks' tables (TABLES)
+
+    def __post_init__(self) -> None:
+        if self.tuned_seeds is not None and self.traj_seeds is not None and not set(self.tuned_seeds) <= set(
+                self.traj_seeds):  # a tuned row at the configured point reads the paper run's trajectory
+            raise ValueError(f"tuned_seeds {self.tuned_seeds} must be among traj_seeds {self.traj_seeds}")
+        if not set(self.tuned) <= set(self.splits):
+            raise ValueError(f"tune_splits {self.tune_splits} must be among splits {self.splits}")
+
+    def records_trajectory(self, world: int, seed: int, point: Mapping[str, float]) -> bool:
+        """Dev-world runs and tuned runs always do (selection reads them); held-out paper runs for traj_seeds."""
+        return world == self.dev_world or bool(point) or self.traj_seeds is None or seed in self.traj_seeds
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        return self.splits if self.tune_splits is None else self.tune_splits
+
+
+@dataclass(frozen=True)
+class BenchmarkTable:
+    """A paper table on another embedded benchmark (Tables 3 and 4): every method at its configured settings (the
+    benchmark's recipes, `configs/recipe/<benchmark>/`) on several worlds x seeds; no tuning (only TOFU is tuned:
+    README "Reproducing tables"). Runs go to `<out>/runs/<benchmark>/w<world>/<method>/paper_s<seed>`."""
+
+    title: str
+    benchmark: str
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...]
+    worlds: tuple[int, ...]
+    seeds: tuple[int, ...]
+    paper: str  # experiments/paper/<paper>.csv
+    paper_split: str
+
+    def runs(self, extra: Sequence[str] = ()) -> list[tuple[str, list[str]]]:
+        return [(f"{self.benchmark}/w{w}/{m}/paper_s{s}",
+                 [f"benchmark={self.benchmark}", f"method={m}", f"benchmark.world.seed={w}", f"seed={s}", *extra])
+                for w in self.worlds for s in self.seeds for m in self.methods]
+
+
+#: Tables 3 (MUSE) and 4 (WMDP) of the BLUR paper on the embedded worlds, with the methods the paper reports there.
+TABLES: dict[str, BenchmarkTable] = {
+    "muse_mini": BenchmarkTable("Table 3: MUSE (embedded, muse_mini)", "muse_mini",
+                                ("npo", "simnpo", "ngdiff", "blur_npo", "blur_simnpo"),
+                                ("verbmem_f", "knowmem_f", "privleak", "knowmem_r"), (0, 1, 2), (0,), "muse", "news"),
+    "wmdp_mini": BenchmarkTable("Table 4: WMDP (embedded, wmdp_mini)", "wmdp_mini",
+                                ("rmu", "blur_rmu", "npo", "simnpo", "blur_npo"),
+                                ("wmdp_mini_bio_acc", "wmdp_mini_cyber_acc", "wmdp_mini_general_acc"), (0, 1, 2),
+                                (0,), "wmdp", "all"),
+    "muse_micro": BenchmarkTable("Table 3: MUSE (embedded, muse_micro)", "muse_micro", ("npo", "blur_npo"),
+                                 ("verbmem_f", "knowmem_f", "privleak", "knowmem_r"), (0,), (0,), "muse", "news"),
+    "wmdp_micro": BenchmarkTable("Table 4: WMDP (embedded, wmdp_micro)", "wmdp_micro", ("rmu", "blur_rmu"),
+                                 ("wmdp_mini_bio_acc", "wmdp_mini_cyber_acc", "wmdp_mini_general_acc"), (0,), (0,),
+                                 "wmdp", "all"),
+}
 
 
 def grid_points(grid: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
@@ -79,17 +143,18 @@ def check_equal_budget(grids: Mapping[str, Mapping[str, Sequence[float]]]) -> in
     return next(iter(sizes.values()))
 
 
-LR6 = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+#: 4 points per method (the equal tuning budget): the method's own main hyper-parameter at its configured value and
+#: one other, x the configured learning rate and twice it; 4 learning rates for a method without one.
+LR4 = [0.5, 1.0, 2.0, 4.0]
 FULL_GRIDS: dict[str, dict[str, list[float]]] = {
-    # 6 points each: the method's own main hyper-parameter x 2 learning rates, or 6 learning rates without one.
-    "ga": {LR_KEY: LR6},
-    "graddiff": {"method.direction.lam": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
-    "npo": {"method.forget.beta": [0.05, 0.1, 0.2], LR_KEY: [1.0, 2.0]},
-    "simnpo": {"method.forget.beta": [1.5, 2.5, 3.5], LR_KEY: [1.0, 2.0]},
-    "ngdiff": {LR_KEY: LR6},
-    "blur_ga": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
-    "blur_simnpo": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
-    "blur_npo": {"method.direction.gamma": [0.5, 1.0, 2.0], LR_KEY: [1.0, 2.0]},
+    "ga": {LR_KEY: LR4},
+    "graddiff": {"method.direction.lam": [0.5, 1.0], LR_KEY: [1.0, 2.0]},
+    "npo": {"method.forget.beta": [0.05, 0.1], LR_KEY: [1.0, 2.0]},
+    "simnpo": {"method.forget.beta": [2.5, 3.5], LR_KEY: [1.0, 2.0]},
+    "ngdiff": {LR_KEY: LR4},
+    "blur_ga": {"method.direction.gamma": [0.5, 1.0], LR_KEY: [1.0, 2.0]},
+    "blur_simnpo": {"method.direction.gamma": [0.5, 1.0], LR_KEY: [1.0, 2.0]},
+    "blur_npo": {"method.direction.gamma": [0.5, 1.0], LR_KEY: [1.0, 2.0]},
 }
 QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
     "ga": {LR_KEY: [1.0, 2.0]},
@@ -98,12 +163,18 @@ QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
     "blur_npo": {"method.direction.gamma": [0.5, 1.0]},
 }
 PROTOCOLS = {
+    # Sized to finish on 2 CPU cores within 90 minutes with `--jobs 2` (README "Reproducing tables", measured):
+    # paper-setting rows on 3 held-out worlds x 3 seeds (seed 0 with trajectories), tuning on forget10 of the
+    # development world (evaluated every 2 epochs), tuned rows on the 3 held-out worlds x seed 0.
     "full": Protocol("full", ("benchmark=tofu_mini", *RELEARN), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
                      seeds=(0, 1, 2), dev_seeds=(0,), grids=FULL_GRIDS,
-                     heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]}),
+                     heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]},
+                     eval_every=2, traj_seeds=(0,), tuned_seeds=(0,), tune_splits=("forget10",),
+                     tables=("muse_mini", "wmdp_mini")),
     "quick": Protocol("quick", ("benchmark=tofu_micro", *RELEARN), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
                       dev_seeds=(0,), grids=QUICK_GRIDS,
-                      heatmap={"method.direction.gamma": [0.5, 1.0], "method.forget.beta": [0.1, 0.2]}),
+                      heatmap={"method.direction.gamma": [0.5, 1.0], "method.forget.beta": [0.1, 0.2]},
+                      tables=("muse_micro", "wmdp_micro")),
 }
 
 
@@ -135,8 +206,10 @@ def point_overrides(point: Mapping[str, float], base_lr: float) -> list[str]:
 def _run(proto: Protocol, split: str, world: int, method: str, point: Mapping[str, float], seed: int,
          base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str]) -> tuple[str, list[str]]:
     name = f"{split}/w{world}/{method}/{point_name(point, defaults[method])}_s{seed}"
+    tuned = point_name(point, defaults[method]) != "paper"
+    every = proto.eval_every if proto.records_trajectory(world, seed, point if tuned else {}) else 0
     return name, [*proto.overrides, f"method={method}", f"benchmark.forget_split={split}",
-                  f"benchmark.world.seed={world}", f"seed={seed}", "eval.every=1",
+                  f"benchmark.world.seed={world}", f"seed={seed}", f"eval.every={every}",
                   *point_overrides(point, base_lr), *extra]
 
 
@@ -152,13 +225,15 @@ def plan_runs(proto: Protocol, base_lr: float, defaults: Mapping[str, Mapping[st
 
     for split in proto.splits:
         for method in proto.grids:
-            for world in (proto.dev_world, *proto.worlds):
+            dev = (proto.dev_world,) if split in proto.tuned else ()  # the dev world only serves tuning
+            for world in (*dev, *proto.worlds):
                 for seed in proto.seeds if world != proto.dev_world else proto.dev_seeds:
                     add(split, world, method, {}, seed)
-            for point in grid_points(proto.grids[method]):
-                for seed in proto.dev_seeds:
-                    add(split, proto.dev_world, method, point, seed)
-        if "blur_npo" in proto.grids:
+            if split in proto.tuned:
+                for point in grid_points(proto.grids[method]):
+                    for seed in proto.dev_seeds:
+                        add(split, proto.dev_world, method, point, seed)
+        if "blur_npo" in proto.grids and split == proto.splits[-1]:
             for point in grid_points(proto.heatmap):
                 for seed in proto.dev_seeds:
                     add(split, proto.dev_world, "blur_npo", point, seed)
@@ -168,8 +243,9 @@ def plan_runs(proto: Protocol, base_lr: float, defaults: Mapping[str, Mapping[st
 def tuned_runs(proto: Protocol, chosen: pd.DataFrame, base_lr: float, defaults: Mapping[str, Mapping[str, Any]],
                extra: Sequence[str]) -> list[tuple[str, list[str]]]:
     """The chosen grid point of every method on every held-out world x seed."""
+    seeds = proto.seeds if proto.tuned_seeds is None else proto.tuned_seeds
     return [_run(proto, row.split, world, row.method, json.loads(row.point), seed, base_lr, defaults, extra)
-            for row in chosen.itertuples(index=False) for world in proto.worlds for seed in proto.seeds]
+            for row in chosen.itertuples(index=False) for world in proto.worlds for seed in seeds]
 
 
 def _point_of(run: str) -> str:
@@ -181,7 +257,7 @@ def selection(proto: Protocol, traj: pd.DataFrame, rule: SelectionRule,
     """Per split and method, the rule's choice among the dev world's grid points x epochs (`point`: the grid point
     as JSON, `point_name`: its run-directory name)."""
     names = {m: {point_name(p, defaults[m]): p for p in grid_points(g)} for m, g in proto.grids.items()}
-    dev = traj[traj["world"] == proto.dev_world].copy()
+    dev = traj[(traj["world"] == proto.dev_world) & traj["split"].isin(proto.tuned)].copy()
     dev["point_name"] = dev["run"].map(_point_of)
     dev = dev[[m in names and p in names[m] for m, p in zip(dev["method"], dev["point_name"], strict=True)]]
     chosen = []
@@ -266,9 +342,33 @@ def _md_escape(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+DIAGNOSTICS = ("cos_fr", "A_f", "A_r")
+
+
+def benchmark_table(frame: pd.DataFrame, diag: pd.DataFrame, table: BenchmarkTable) -> pd.DataFrame:
+    """Reference rows and every method of `table` over its worlds x seeds, with each run's mean diagnostics over its
+    steps (cos(g_f, g_r), A_f, A_r, the median over steps: why a direction rule behaves as it does)."""
+    rows = frame[frame["run"].str.startswith(f"{table.benchmark}/") & frame["world"].isin(table.worlds)]
+    refs = reference_rows(rows)
+    mine = rows[(rows["kind"] == "method") & rows["method"].isin(table.methods) & rows["seed"].isin(table.seeds)]
+    mine = mine.assign(row=mine["method"])
+    if not diag.empty and len(mine):
+        # The median over steps: A_f and A_r are ratios to ||g_f||^2 / ||g_r||^2, which a few near-zero steps
+        # would dominate in a mean.
+        per_run = diag[diag["run"].isin(mine["run"])].groupby("run")[[c for c in DIAGNOSTICS if c in diag]].median()
+        mine = mine.join(per_run, on="run")
+    agg = aggregate(pd.concat([refs.assign(row=refs["model"]), mine], ignore_index=True), ["row"],
+                    [*table.metrics, *DIAGNOSTICS])
+    agg.index.name = "model"
+    return order_models(agg, methods=table.methods)
+
+
 def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, defaults: Mapping[str, Any],
-                 command: str, timing: str, budget: int) -> Path:
-    frame = collect(root)
+                 command: str, timing: str, budget: int, tables: Sequence[BenchmarkTable] = ()) -> Path:
+    everything = collect(root)
+    # Runs are told apart by their directory (`<split>/...` TOFU, `<benchmark>/...` the other tables): a micro
+    # benchmark records the name of the benchmark it shrinks (`benchmark.name: tofu_mini`).
+    frame = everything[everything["run"].str.split("/").str[0].isin(proto.splits)]
     traj = collect_trajectories(root)
     chosen = selection(proto, traj, rule, defaults)
     chosen.to_csv(out / "selection.csv", index=False)
@@ -297,6 +397,24 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         if not paper.empty:
             lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
                       "numbers:", "", to_markdown(paper), ""]
+    diag_all = collect_diagnostics(root) if tables else pd.DataFrame()
+    for table in tables:
+        agg = benchmark_table(everything, diag_all, table)
+        if agg.empty:
+            continue
+        cols = [*table.metrics, *DIAGNOSTICS]
+        agg.to_csv(out / f"table_{table.benchmark}.csv")
+        md = to_markdown(format_table(agg, cols))
+        (out / f"table_{table.benchmark}.md").write_text(md + "\n")
+        lines += [f"## {table.title}", "",
+                  f"Every method at its configured settings (`configs/method/`, `configs/recipe/{table.benchmark}/`), "
+                  f"worlds {list(table.worlds)} x seeds {list(table.seeds)}, not tuned. `cos_fr`, `A_f`, `A_r`: each "
+                  "run's median over its steps of cos(g_f, g_r) and of the rates at which the update descends the "
+                  "forget and retain losses (docs/metrics.md).", "", md, ""]
+        paper = paper_block(table.paper_split, table.paper)
+        if not paper.empty:
+            lines += [f"Published (BLUR paper, {table.paper.upper()}) — for reference, not comparable numbers:", "",
+                      to_markdown(paper), ""]
     # -- figures (the last split; held-out paper-settings runs unless noted) --------------------------------
     split = proto.splits[-1]
     held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)]
@@ -356,15 +474,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the protocol's methods")
     parser.add_argument("--override", nargs="*", default=[], help="extra Hydra overrides for every run")
     parser.add_argument("--utility-floor", type=float, default=SelectionRule.utility_floor)
+    parser.add_argument("--benchmarks", nargs="*", default=None,
+                        help="other benchmarks' tables to run (default: the protocol's; `--benchmarks` alone: none)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once (worker processes sharing the cores; experiments/grid.py)")
     args = parser.parse_args(argv)
     proto = PROTOCOLS["quick" if args.quick else "full"]
     if args.worlds or args.seeds or args.methods:
         grids = {m: g for m, g in proto.grids.items() if not args.methods or m in args.methods}
-        proto = Protocol(proto.name, proto.overrides, proto.splits, proto.dev_world,
-                         tuple(args.worlds or proto.worlds), tuple(args.seeds or proto.seeds), proto.dev_seeds,
-                         grids, proto.heatmap)
+        seeds = tuple(args.seeds or proto.seeds)
+
+        def keep(sub: tuple[int, ...] | None) -> tuple[int, ...] | None:  # the protocol's choice where it applies
+            return sub if sub is None or set(sub) <= set(seeds) else seeds[:1]
+
+        proto = dataclasses.replace(proto, worlds=tuple(args.worlds or proto.worlds), seeds=seeds, grids=grids,
+                                    traj_seeds=keep(proto.traj_seeds), tuned_seeds=keep(proto.tuned_seeds))
     budget = check_equal_budget(proto.grids)
     out = args.out or Path("outputs/report-quick" if args.quick else "outputs/report")
     root = out / "runs"
@@ -374,20 +498,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     defaults = method_defaults(proto, args.override)
     runs = plan_runs(proto, base_lr, defaults, args.override)
     print(f"[reproduce] {proto.name}: {len(runs)} runs before selection (finished ones are skipped) -> {root}")
+    names = args.benchmarks if args.benchmarks is not None else list(proto.tables)
+    unknown = sorted(set(names) - set(TABLES))
+    if unknown:
+        raise SystemExit(f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(TABLES)})")
+    tables = [TABLES[n] for n in names]
     ran = run_grid(runs, root, jobs=args.jobs)
     chosen = selection(proto, collect_trajectories(root), rule, defaults)
     tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override)
     print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
     ran += run_grid(tuned, root, jobs=args.jobs)
+    others = [r for t in tables for r in t.runs(args.override)]
+    ran += run_grid(others, root, jobs=args.jobs)
     wall = time.perf_counter() - start
-    total = len({name for name, _ in [*runs, *tuned]})
+    total = len({name for name, _ in [*runs, *tuned, *others]})
     timing = f"this invocation: {wall / 60:.1f} min wall on this machine, {len(ran)} of {total} runs run now"
     command = "python -m experiments.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "wall_seconds.jsonl", "a", encoding="utf-8") as fh:  # every invocation, never rewritten
         fh.write(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1), "ran": len(ran),
                              "runs": total}) + "\n")
-    report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget)
+    report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget, tables)
     print(report.read_text())
     print(f"[reproduce] {report} ({wall / 60:.1f} min)")
     return 0

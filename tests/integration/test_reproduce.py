@@ -14,7 +14,7 @@ from experiments import reproduce as R
 
 
 def test_every_protocol_gives_every_method_the_same_budget() -> None:
-    assert R.check_equal_budget(R.FULL_GRIDS) == 6
+    assert R.check_equal_budget(R.FULL_GRIDS) == 4
     assert R.check_equal_budget(R.QUICK_GRIDS) == 2
     with pytest.raises(ValueError, match="unequal tuning budget"):
         R.check_equal_budget({"a": {"x": [1, 2]}, "b": {"y": [1]}})
@@ -36,6 +36,29 @@ def test_runs_are_named_by_what_they_run() -> None:
     lr = runs["forget10/w0/ga/lr=x2_s0"]
     assert "optimizer.lr=0.002" in lr and "benchmark.world.seed=0" in lr and "eval.every=1" in lr
     assert all("relearn.steps=10" in o for o in runs.values())
+
+
+def test_full_protocol_records_trajectories_where_selection_reads_them() -> None:
+    proto = R.PROTOCOLS["full"]
+    defaults = R.method_defaults(proto)
+    runs = dict(R.plan_runs(proto, 1e-4, defaults, []))
+    every = {name: next(o for o in ov if o.startswith("eval.every=")) for name, ov in runs.items()}
+    # Tuning (forget10 only) and the heatmap run on the development world, always with trajectories.
+    assert all(e == "eval.every=2" for n, e in every.items() if "/w0/" in n)
+    assert not any(n.startswith("forget05/w0/") for n in runs)
+    assert "forget10/w0/npo/beta=0.05,lr=x2_s0" in runs and "forget10/w0/blur_npo/gamma=2,beta=0.2_s0" in runs
+    # Held-out paper runs: seed 0 records a trajectory (figures, tuned rows at the configured point), 1-2 do not.
+    assert every["forget05/w3/npo/paper_s0"] == "eval.every=2" and every["forget05/w3/npo/paper_s2"] == "eval.every=0"
+    held = [n for n in runs if "/w0/" not in n]
+    assert len(held) == 8 * 2 * 3 * 3 and all(n.endswith("paper_s0") or "paper_s" in n for n in held)
+    # 8 methods x 4 grid points + the heatmap's 7 points not already on blur_npo's grid
+    assert len(runs) - len(held) == 8 * 4 + 7
+    chosen = pd.DataFrame([{"split": "forget10", "method": "npo", "point": '{"method.forget.beta": 0.05}'}])
+    tuned = dict(R.tuned_runs(proto, chosen, 1e-4, defaults, []))
+    assert sorted(tuned) == [f"forget10/w{w}/npo/beta=0.05_s0" for w in (1, 2, 3)]
+    assert all("eval.every=2" in ov for ov in tuned.values())
+    with pytest.raises(ValueError, match="must be among traj_seeds"):
+        R.Protocol("x", (), ("forget10",), 0, (1,), (0, 1), (0,), {}, traj_seeds=(0,), tuned_seeds=(1,))
 
 
 def test_relearn_recovery_by_hand() -> None:
@@ -70,6 +93,14 @@ def test_quick_protocol_end_to_end(micro_prepared: Any, micro_cache_dir: Path, t
     assert (table.loc["Original", "forget_quality"] < table.loc["Retain", "forget_quality"])
     assert "relearn_forget_prob" in table.columns and "Published (BLUR paper" in report
     assert table.loc["npo", "relearn_recovery"] == table.loc["npo", "relearn_recovery"]  # computed (not NaN)
+    # Tables 3 and 4 on the micro MUSE and WMDP worlds, with the paper's numbers as their own block.
+    muse = pd.read_csv(out / "table_muse_micro.csv", index_col=0)
+    assert list(muse.index) == ["Original", "Retrain", "npo", "blur_npo"]
+    assert muse.loc["npo", "verbmem_f"] < muse.loc["Original", "verbmem_f"]
+    assert muse.loc["blur_npo", "A_f"] == pytest.approx(1.0, rel=1e-3)  # BLUR: A_f = gamma at every step
+    wmdp = pd.read_csv(out / "table_wmdp_micro.csv", index_col=0)
+    assert list(wmdp.index) == ["Original", "rmu", "blur_rmu"] and "wmdp_mini_bio_acc" in wmdp.columns
+    assert "## Table 3: MUSE" in report and "## Table 4: WMDP" in report and "Published (BLUR paper, WMDP)" in report
     chosen = pd.read_csv(out / "selection.csv")
     assert set(chosen["method"]) == {"npo", "blur_npo"} and (chosen["epoch"] > 0).all()
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("summary.json")}

@@ -19,7 +19,7 @@ import pandas as pd
 from unlearn.report.collect import reference_rows
 
 #: Rows of a table, in this order when present; methods follow in the order given by the caller.
-REFERENCE_ORDER: tuple[str, ...] = ("Original", "Retain")
+REFERENCE_ORDER: tuple[str, ...] = ("Original", "Retain", "Retrain")
 
 
 def table_rows(frame: pd.DataFrame) -> pd.DataFrame:
