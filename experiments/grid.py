@@ -4,9 +4,9 @@ Re-running a grid after an interruption only runs what is missing, and a finishe
 touched. Results are gathered from each run's summary.json / references.json.
 
 `jobs > 1` runs that many runs at once in worker processes, each with `cpu_count // jobs` torch threads: the
-embedded models are so small that one run cannot keep two cores busy (intra-op threading of 128-wide matmuls
-mostly waits), so two single-threaded runs finish a grid sooner than one two-threaded run at a time. Workers that
-need the same cached model wait on its build lock (unlearn/models/cache.py) and build it once.
+embedded models are so small (128-wide matmuls, Python-bound evaluation loops) that one run keeps two cores only
+partly busy, so independent single-threaded runs side by side use them better. Workers that need the same cached
+model wait on its build lock (unlearn/models/cache.py) and build it once.
 """
 
 from __future__ import annotations
