@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import resource
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -494,6 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = out / "runs"
     rule = SelectionRule(utility_floor=args.utility_floor)
     start = time.perf_counter()
+    cpu0 = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
     base_lr = float(compose_cfg([*proto.overrides, *args.override])["optimizer"]["lr"])
     defaults = method_defaults(proto, args.override)
     runs = plan_runs(proto, base_lr, defaults, args.override)
@@ -511,13 +514,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     others = [r for t in tables for r in t.runs(args.override)]
     ran += run_grid(others, root, jobs=args.jobs)
     wall = time.perf_counter() - start
+    # CPU time of this process and of its finished workers (`--jobs`): a figure that other load on the machine
+    # does not inflate, unlike the wall time.
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for f in ("ru_utime", "ru_stime")) - cpu0
     total = len({name for name, _ in [*runs, *tuned, *others]})
-    timing = f"this invocation: {wall / 60:.1f} min wall on this machine, {len(ran)} of {total} runs run now"
+    timing = (f"this invocation: {wall / 60:.1f} min wall and {cpu / 60:.1f} CPU-min on this machine "
+              f"({args.jobs} job(s) at once), {len(ran)} of {total} runs run now")
     command = "python -m experiments.reproduce " + " ".join(sys.argv[1:] if argv is None else argv)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "wall_seconds.jsonl", "a", encoding="utf-8") as fh:  # every invocation, never rewritten
-        fh.write(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1), "ran": len(ran),
-                             "runs": total}) + "\n")
+        fh.write(json.dumps({"command": command.strip(), "wall_seconds": round(wall, 1),
+                             "cpu_seconds": round(cpu, 1), "jobs": args.jobs, "ran": len(ran), "runs": total}) + "\n")
+    log = [json.loads(line) for line in (out / "wall_seconds.jsonl").read_text().splitlines() if line.strip()]
+    if len(log) > 1:  # a resumed protocol: what all invocations into this directory took together
+        timing += (f"; all {len(log)} invocations into {out}: {sum(e['wall_seconds'] for e in log) / 60:.1f} min wall, "
+                   f"{sum(e.get('cpu_seconds', 0.0) for e in log) / 60:.1f} CPU-min, {sum(e['ran'] for e in log)} runs")
     report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget, tables)
     print(report.read_text())
     print(f"[reproduce] {report} ({wall / 60:.1f} min)")
