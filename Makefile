@@ -42,14 +42,15 @@ demo:
 table:
 	$(BIN)/python -m experiments.tofu_mini_table
 
-# The paper's TOFU table and figures on tofu_mini across worlds (1 development + 3 held-out worlds x 3 seeds, paper
-# settings and equal-budget tuned rows, relearning attack): outputs/report/REPORT.md. Resumable: finished runs are
-# skipped, never redone or overwritten. The quick version (tofu_micro, 1 + 1 worlds) writes outputs/report-quick/.
+# The paper's tables and figures on the embedded worlds: TOFU (tofu_mini, 1 development + 3 held-out worlds x 3
+# seeds, paper settings and equal-budget tuned rows, relearning attack), MUSE (muse_mini) and WMDP (wmdp_mini) over
+# 3 worlds: outputs/report/REPORT.md. Two runs at a time (experiments/grid.py). Resumable: finished runs are skipped,
+# never redone or overwritten. The quick version (micro worlds) writes outputs/report-quick/.
 reproduce-tables:
-	$(BIN)/python -m experiments.reproduce
+	$(BIN)/python -m experiments.reproduce --jobs 2
 
 reproduce-tables-quick:
-	$(BIN)/python -m experiments.reproduce --quick
+	$(BIN)/python -m experiments.reproduce --quick --jobs 2
 
 # Step time and peak memory of every method vs GradDiff, loop throughput vs a bare loop, full tofu_mini eval time;
 # writes outputs/bench/bench.json + bench.md (archived per run under outputs/bench/runs/). CUDA adds a 1B section.
