@@ -47,6 +47,8 @@ from unlearn.report.table import to_markdown
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
 METRICS = ("forget_quality", "forget_truth_ratio", "forget_log_truth_ratio_gap", "model_utility", "forget_rouge",
            "retain_rouge", "forget_prob", "relearn_forget_prob", "relearn_recovery", "relearn_forget_quality")
+#: Per-run medians over steps from diagnostics.csv (docs/methods.md#diagnostics), beside every paper-settings row.
+DIAGNOSTICS = ("cos_fr", "A_f", "A_r")
 #: The relearning attack every run ends with (docs/metrics.md#relearning-attack): the `relearn_*` columns.
 RELEARN = ("relearn.steps=10", "relearn.fraction=0.5")
 LR_KEY = "optimizer.lr"
@@ -273,14 +275,24 @@ def selection(proto: Protocol, traj: pd.DataFrame, rule: SelectionRule,
     return out
 
 
+def run_diagnostics(diag: pd.DataFrame, runs: pd.Series) -> pd.DataFrame:
+    """Per run, the median over its steps of cos(g_f, g_r), A_f and A_r (A_f, A_r are ratios to ||g_f||^2 and
+    ||g_r||^2, which a few near-zero steps would dominate in a mean)."""
+    if diag.empty:
+        return pd.DataFrame(index=pd.Index([], name="run"))
+    return diag[diag["run"].isin(runs)].groupby("run")[[c for c in DIAGNOSTICS if c in diag]].median()
+
+
 def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, split: str,
-                metrics: Sequence[str]) -> pd.DataFrame:
-    """Original/Retain, every method at paper settings (final epoch), every method tuned (chosen epoch), held-out
-    worlds only."""
+                metrics: Sequence[str], diag: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Original/Retain, every method at paper settings (final epoch, with its run's median diagnostics), every
+    method tuned (chosen epoch), held-out worlds only."""
     held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)].copy()
     held["point_name"] = held["run"].map(_point_of)
     refs = reference_rows(held).assign(row=lambda f: f["model"])
     paper = held[(held["kind"] == "method") & (held["point_name"] == "paper")].assign(row=lambda f: f["method"])
+    if diag is not None and len(paper):
+        paper = paper.join(run_diagnostics(diag, paper["run"]), on="run")
     parts = [refs, paper]
     pick = chosen[chosen["split"] == split]
     if not pick.empty:
@@ -343,9 +355,6 @@ def _md_escape(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-DIAGNOSTICS = ("cos_fr", "A_f", "A_r")
-
-
 def benchmark_table(frame: pd.DataFrame, diag: pd.DataFrame, table: BenchmarkTable) -> pd.DataFrame:
     """Reference rows and every method of `table` over its worlds x seeds, with each run's mean diagnostics over its
     steps (cos(g_f, g_r), A_f, A_r, the median over steps: why a direction rule behaves as it does)."""
@@ -353,11 +362,8 @@ def benchmark_table(frame: pd.DataFrame, diag: pd.DataFrame, table: BenchmarkTab
     refs = reference_rows(rows)
     mine = rows[(rows["kind"] == "method") & rows["method"].isin(table.methods) & rows["seed"].isin(table.seeds)]
     mine = mine.assign(row=mine["method"])
-    if not diag.empty and len(mine):
-        # The median over steps: A_f and A_r are ratios to ||g_f||^2 / ||g_r||^2, which a few near-zero steps
-        # would dominate in a mean.
-        per_run = diag[diag["run"].isin(mine["run"])].groupby("run")[[c for c in DIAGNOSTICS if c in diag]].median()
-        mine = mine.join(per_run, on="run")
+    if len(mine):
+        mine = mine.join(run_diagnostics(diag, mine["run"]), on="run")
     agg = aggregate(pd.concat([refs.assign(row=refs["model"]), mine], ignore_index=True), ["row"],
                     [*table.metrics, *DIAGNOSTICS])
     agg.index.name = "model"
@@ -371,6 +377,7 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
     # benchmark records the name of the benchmark it shrinks (`benchmark.name: tofu_mini`).
     frame = everything[everything["run"].str.split("/").str[0].isin(proto.splits)]
     traj = collect_trajectories(root)
+    diag_all = collect_diagnostics(root)
     chosen = selection(proto, traj, rule, defaults)
     chosen.to_csv(out / "selection.csv", index=False)
     metrics = list(METRICS)
@@ -382,14 +389,17 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
              "over-forgetting, < 0 under-forgetting (docs/metrics.md#signed-log-truth-ratio).", "",
              f"Selection rule: {rule.describe()}.", ""]
     for split in proto.splits:
-        agg = split_table(frame, traj, chosen, proto, split, metrics)
+        agg = split_table(frame, traj, chosen, proto, split, [*metrics, *DIAGNOSTICS], diag_all)
         agg.to_csv(out / f"table_{split}.csv")
-        md = to_markdown(format_table(agg, metrics))
+        md = to_markdown(format_table(agg, [*metrics, *DIAGNOSTICS]))
         (out / f"table_{split}.md").write_text(md + "\n")
         lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, "",
                   "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack; final "
                   "models only, so a tuned row read at an earlier epoch has none); `relearn_recovery`: the share of "
-                  "the forget-set probability removed by unlearning that the attack brings back (0: none, 1: all).",
+                  "the forget-set probability removed by unlearning that the attack brings back (0: none, 1: all). "
+                  "`cos_fr`, `A_f`, `A_r` (paper-settings rows): each run's median over its steps of cos(g_f, g_r) "
+                  "and of the rates <g_f, u>/||g_f||^2 and <g_r, u>/||g_r||^2 at which the update descends the "
+                  "forget and retain losses (BLUR: A_f = gamma).",
                   ""]
         pick = chosen[chosen["split"] == split]
         lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
@@ -398,7 +408,6 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
         if not paper.empty:
             lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
                       "numbers:", "", to_markdown(paper), ""]
-    diag_all = collect_diagnostics(root) if tables else pd.DataFrame()
     for table in tables:
         agg = benchmark_table(everything, diag_all, table)
         if agg.empty:
@@ -411,7 +420,7 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
                   f"Every method at its configured settings (`configs/method/`, `configs/recipe/{table.benchmark}/`), "
                   f"worlds {list(table.worlds)} x seeds {list(table.seeds)}, not tuned. `cos_fr`, `A_f`, `A_r`: each "
                   "run's median over its steps of cos(g_f, g_r) and of the rates at which the update descends the "
-                  "forget and retain losses (docs/metrics.md).", "", md, ""]
+                  "forget and retain losses (docs/methods.md#diagnostics).", "", md, ""]
         paper = paper_block(table.paper_split, table.paper)
         if not paper.empty:
             lines += [f"Published (BLUR paper, {table.paper.upper()}) — for reference, not comparable numbers:", "",
@@ -432,7 +441,7 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
     if not paper_traj.empty:
         figs["trajectories"] = figures.trajectories(paper_traj, out / "trajectories.png",
                                                     ["forget_quality", "model_utility", "forget_log_truth_ratio_gap"])
-    diag = collect_diagnostics(root)
+    diag = diag_all
     if not diag.empty:
         diag = diag[(diag["split"] == split) & diag["world"].isin(proto.worlds) & diag["run"].str.contains("/paper_s")
                     & diag["method"].isin(["npo", "blur_npo"])]
