@@ -5,8 +5,9 @@ touched. Results are gathered from each run's summary.json / references.json.
 
 `jobs > 1` runs that many runs at once in worker processes, each with `cpu_count // jobs` torch threads: the
 embedded models are so small (128-wide matmuls, Python-bound evaluation loops) that one run keeps two cores only
-partly busy, so independent single-threaded runs side by side use them better. Workers that need the same cached
-model wait on its build lock (unlearn/models/cache.py) and build it once.
+partly busy, so independent single-threaded runs side by side use them better. Before the workers start, the
+parent builds every model the missing runs need (one per benchmark x world x split, cached), with all threads:
+otherwise one single-threaded worker would build it while the others wait on its build lock.
 """
 
 from __future__ import annotations
@@ -42,6 +43,32 @@ def _run_one(name: str, overrides: Sequence[str], root: str) -> tuple[str, float
     return name, time.perf_counter() - t0
 
 
+def prepare_models(runs: Iterable[tuple[str, Sequence[str]]], log=print) -> int:
+    """Build (or find cached) every benchmark's data and models the runs need, once per distinct benchmark and
+    model config, in this process; the number of distinct configs. Runs then only load them."""
+    from omegaconf import OmegaConf
+
+    from unlearn.benchmarks.base import prepare_benchmark
+
+    seen: set[str] = set()
+    for _, overrides in runs:
+        cfg = compose_cfg(overrides)
+        key = json.dumps([OmegaConf.to_container(cfg.benchmark, resolve=True),
+                          OmegaConf.to_container(cfg.model, resolve=True), cfg.get("cache_dir")], sort_keys=True,
+                         default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        t0 = time.perf_counter()
+        prepare_benchmark(cfg.benchmark, cfg.model, Path(cfg.get("cache_dir") or ".cache/unlearn").expanduser(),
+                          log=lambda _msg: None)
+        seconds = time.perf_counter() - t0
+        if seconds > 1.0:
+            log(f"[grid] prepared {cfg.benchmark.get('name')} world {cfg.benchmark.get('world', {}).get('seed')} "
+                f"{cfg.benchmark.get('tag', '')}: {seconds:.0f}s")
+    return len(seen)
+
+
 def _init_worker(threads: int) -> None:
     import torch
 
@@ -69,6 +96,7 @@ def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, j
             ran.append(name)
             log(f"[grid] {k}/{len(todo)} {name}: {seconds:.0f}s")
         return ran
+    prepare_models(todo, log)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
