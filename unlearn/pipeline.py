@@ -48,6 +48,7 @@ from unlearn.train.checkpoint import latest_checkpoint
 from unlearn.train.diagnostics import DiagnosticsWriter
 from unlearn.train.loop import LoopConfig, Unlearner
 from unlearn.train.optim import make_optimizer_factory, make_scheduler
+from unlearn.train.reference import ADAPTER_BACKENDS, AdapterDisabledReference
 from unlearn.train.steps import build_step
 from unlearn.train.trajectory import Schedule, TrajectoryWriter
 
@@ -56,7 +57,7 @@ EVAL_CACHE_VERSION = 2
 LOOP_KEYS = ("batch_size", "micro_batch_size", "epochs", "max_steps", "max_grad_norm", "checkpoint_every",
              "keep_checkpoints")
 RESULT_FILES = ("summary.json", "diagnostics.csv", "trajectory.jsonl")
-REFERENCE_MODES = ("auto", "copy")
+REFERENCE_MODES = ("auto", "copy", "adapters")
 
 Items = dict[str, pd.DataFrame]  # evaluator name -> per-item table
 
@@ -110,6 +111,13 @@ def plan(cfg: Mapping[str, Any]) -> Plan:
     reference = method.get("reference", "auto")
     if reference not in REFERENCE_MODES:
         raise ConfigError(f"method.reference: expected one of {', '.join(REFERENCE_MODES)}, got {reference!r}")
+    if reference == "adapters":
+        if resolve_lora(cfg["model"].get("lora")) is None:
+            raise ConfigError("method.reference: adapters is the LoRA base with adapters disabled; it needs "
+                              "model.lora (use auto or copy without LoRA)")
+        if backend_name not in ADAPTER_BACKENDS:
+            raise ConfigError(f"method.reference: adapters is tested on trainer.backend "
+                              f"{'/'.join(ADAPTER_BACKENDS)}, not {backend_name!r} (use auto or copy)")
     return Plan(
         cfg=cfg,
         benchmark=benchmark,
@@ -210,17 +218,40 @@ def evaluate_now(p: Plan, task: Task, model: Any, dtype: torch.dtype, references
     return summarise(p.evaluators, items, references)
 
 
-def needs_reference_copy(p: Plan) -> bool:
-    """Whether the run keeps a frozen copy of the model (docs/methods.md#npo-reference).
+def reference_kind(p: Plan) -> str:
+    """How the run has the model before unlearning (docs/methods.md#npo-reference): `none` (no objective needs
+    it), `precompute` (NPO's sequence log-probs, computed once), `adapters` (under LoRA: the trained model with
+    its adapters disabled) or `copy` (a frozen deep copy, a whole second model).
 
-    `method.reference=auto` (default): only when an objective needs the reference's forward (KL's full
-    distributions); NPO's sequence log-probs are precomputed once before unlearning instead, which is exact and
-    costs no second model. `copy`: always keep the copy (the earlier behaviour, for comparisons).
+    `method.reference=auto` (default) takes the cheapest exact one: `precompute` when every objective needing
+    the reference needs only its sequence log-probs (no second model, no reference forward per step); else
+    `adapters` under LoRA on a backend where it is tested (no second model; one no-grad forward per reference
+    use, as with the copy); else `copy` (KL on retain batches without LoRA). `copy` and `adapters` force theirs.
     """
     needing = [o for o in (p.forget_loss, p.retain_loss) if o.needs_ref]
-    if p.reference == "copy":
-        return bool(needing)
-    return any(o.ref_kind != "sequence_logp" for o in needing)
+    if not needing:
+        return "none"
+    if p.reference != "auto":
+        return p.reference
+    if all(o.ref_kind == "sequence_logp" for o in needing):
+        return "precompute"
+    lora = resolve_lora(p.cfg["model"].get("lora")) is not None
+    return "adapters" if lora and p.backend_name in ADAPTER_BACKENDS else "copy"
+
+
+def needs_reference_copy(p: Plan) -> bool:
+    """Whether the run keeps a frozen copy of the model (`reference_kind` is `copy`)."""
+    return reference_kind(p) == "copy"
+
+
+def build_reference(p: Plan, model: Any) -> Any:
+    """The `ref_model` the Unlearner gets for `reference_kind(p)` (None: precomputed or not needed)."""
+    kind = reference_kind(p)
+    if kind == "copy":
+        return copy.deepcopy(model).requires_grad_(False).eval()
+    if kind == "adapters":
+        return AdapterDisabledReference(model)
+    return None
 
 
 def _resolve_resume(cfg: Mapping[str, Any], run_dir: Path) -> tuple[Path, Mapping[str, Any], Path | None]:
@@ -302,7 +333,7 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     backend.barrier()
 
     # -- unlearn ------------------------------------------------------------------------------------------------
-    ref_model = copy.deepcopy(model).requires_grad_(False).eval() if needs_reference_copy(p) else None
+    ref_model = build_reference(p, model)
     opt_cfg = p.cfg["optimizer"]
     unlearner = Unlearner(
         model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule, backend=backend,

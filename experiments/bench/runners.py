@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Callable, Mapping
 
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from experiments.bench.config import N_BATCHES
 from experiments.bench.models import Batches, ModelSpec, collate
-from unlearn.pipeline import Plan, needs_reference_copy
+from unlearn.pipeline import Plan, build_reference
 from unlearn.train.backend import Backend
 from unlearn.train.loop import Unlearner
 
@@ -23,7 +22,7 @@ def unlearner_step_fn(p: Plan, model: nn.Module, spec: ModelSpec, batches: Batch
     """One optimizer step of method `p` through the real Unlearner + Backend, as `unlearn.pipeline` wires it:
     the configured step strategy, and a frozen reference copy only where the run would keep one (otherwise
     NPO's reference log-probs are precomputed over the benchmark's forget batches when the runner is built)."""
-    ref = copy.deepcopy(model).requires_grad_(False).eval() if needs_reference_copy(p) else None
+    ref = build_reference(p, model)
     loop = dataclasses.replace(p.loop, batch_size=spec.batch_size, micro_batch_size=spec.micro_batch_size)
     u = Unlearner(model=model, forget_loss=p.forget_loss, retain_loss=p.retain_loss, rule=p.rule,
                   backend=Backend(device, mixed_precision=mixed_precision), make_optimizer=p.make_optimizer,

@@ -79,3 +79,20 @@ def test_bf16_mixed_precision_run_forgets_and_saves_in_the_loaded_dtype(e2e_cach
     with safe_open(str(run_dir / "model" / "model.safetensors"), framework="pt") as f:
         dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     assert dtypes == {"BF16"}, dtypes
+
+
+def test_lora_kl_run_with_the_adapter_disabled_reference_equals_the_copy(e2e_cache: Path, tmp_path: Path) -> None:
+    """Under LoRA, `auto` takes the base with adapters disabled for KL (no copy); the run's diagnostics equal
+    the run with the frozen copy (`method.reference=copy`)."""
+    from unlearn.pipeline import plan, reference_kind
+
+    common = ["method=blur_npo", "method.retain.name=kl", "trainer.max_steps=3", "eval_reference_models=false",
+              "model.lora={r:4,alpha:8,target_modules:[q_proj,v_proj]}"]
+    auto_cfg, copy_cfg = micro_cfg(e2e_cache, *common), micro_cfg(e2e_cache, *common, "method.reference=copy")
+    assert reference_kind(plan(auto_cfg)) == "adapters" and reference_kind(plan(copy_cfg)) == "copy"
+    run_experiment(auto_cfg, tmp_path / "auto", console_print=False)
+    run_experiment(copy_cfg, tmp_path / "copy", console_print=False)
+    a, c = (pd.read_csv(tmp_path / d / "diagnostics.csv") for d in ("auto", "copy"))
+    assert len(a) == 3
+    for k in ("loss_f", "loss_r", "norm_f", "norm_r", "cos_fr"):
+        assert a[k].tolist() == pytest.approx(c[k].tolist(), rel=1e-5, abs=1e-7), k

@@ -11,9 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from tests.integration.helpers import CONFIG_DIR
 from unlearn.benchmarks.base import Task, prepare_benchmark
-from unlearn.benchmarks.muse.embedded import micro_configs, text_digest
+from unlearn.benchmarks.muse.embedded import micro_configs
 from unlearn.evals.base import read_items
-from unlearn.models.cache import read_info
+from unlearn.models.cache import content_digest, read_info
 from unlearn.pipeline import plan, run_experiment
 from unlearn.report.resummarise import resummarise
 
@@ -65,7 +65,7 @@ def muse_task(muse_cache_dir: Path) -> Task:
 
 def test_retrained_model_never_saw_the_forget_articles(muse_task: Task) -> None:
     data = muse_task.eval_data["muse"]
-    forget = {text_digest(t) for t in data.forget_text}
+    forget = {content_digest(t) for t in data.forget_text}
     target = set(read_info(Path(muse_task.models["target"]))["trained_texts"])
     retrain = set(read_info(Path(muse_task.models["retain"]))["trained_texts"])
     assert forget <= target and not forget & retrain

@@ -56,7 +56,8 @@ def lora_model() -> torch.nn.Module:
 
 
 def make_unlearner(model: torch.nn.Module) -> Unlearner:
-    # The explicit frozen reference copy (see unlearn/models/lora.py for why not `disable_adapter()`).
+    # A frozen copy of the adapted model: lora_model's random B make it differ from its base, so here the
+    # adapter-disabled reference would not be the model before unlearning (it refuses a non-zero lora_B).
     ref = copy.deepcopy(model).requires_grad_(False).eval()
     return Unlearner(
         model=model,
@@ -144,3 +145,129 @@ def test_resolve_fills_defaults() -> None:
     out = resolve_lora({"r": 2})
     assert out is not None and out["r"] == 2 and out["alpha"] == 16 and "q_proj" in out["target_modules"]
     assert resolve_lora({"enabled": False}) is None
+
+
+# -- the reference under LoRA: the base with adapters disabled, no copy -----------------------------------------
+def fresh_lora_model() -> torch.nn.Module:
+    """As the pipeline has it before unlearning: peft's own initialisation (B = 0), base frozen."""
+    return apply_lora(tiny_model(), LORA)
+
+
+def perturb_adapters(model: torch.nn.Module, seed: int = 1) -> None:
+    """What a few unlearning steps do: the adapters move and the model differs from its base."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.1)
+
+
+def run_unlearner(adapters: bool, forget: str, retain: str, steps: int = 3) -> tuple[list[dict], torch.Tensor]:
+    from unlearn.train.reference import AdapterDisabledReference
+
+    model = fresh_lora_model()
+    ref = AdapterDisabledReference(model) if adapters else copy.deepcopy(model).requires_grad_(False).eval()
+    u = Unlearner(
+        model=model, forget_loss=build_objective(FORGET_LOSSES, {"name": forget}),
+        retain_loss=build_objective(RETAIN_LOSSES, {"name": retain}),
+        rule=build_direction({"name": "blur", "gamma": GAMMA}), backend=Backend(),
+        make_optimizer=lambda params: torch.optim.SGD(params, lr=LR, momentum=0.9), make_scheduler=None,
+        collate=collate, cfg=LoopConfig(batch_size=4, micro_batch_size=2, epochs=1, max_steps=steps),
+        ref_model=ref,
+    )
+    assert not u.precomputes_reference
+    rows = u.run(examples(12, 0), examples(12, 1))
+    return rows, torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize(("forget", "retain"), [("npo", "kl"), ("npo", "nll"), ("ga", "kl")])
+def test_adapter_disabled_reference_runs_exactly_like_the_copy(forget: str, retain: str) -> None:
+    """Three shuffled, micro-batched BLUR steps (the adapters move after the first): every loss, gradient
+    statistic and weight equals the run with a deep-copied reference, to float64 rounding."""
+    rows_copy, w_copy = run_unlearner(False, forget, retain)
+    rows_ad, w_ad = run_unlearner(True, forget, retain)
+    assert not torch.equal(w_copy, torch.cat([p.detach().reshape(-1) for p in fresh_lora_model().parameters()]))
+    for a, b in zip(rows_copy, rows_ad, strict=True):
+        for k in ("loss_f", "loss_r", "norm_f", "norm_r", "cos_fr", "A_f", "norm_u"):
+            assert b[k] == pytest.approx(a[k], rel=1e-12, abs=1e-15), k
+    torch.testing.assert_close(w_ad, w_copy, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(("registry", "cfg"), [
+    (RETAIN_LOSSES, {"name": "kl"}),
+    (FORGET_LOSSES, {"name": "npo", "beta": 0.1}),
+    (RETAIN_LOSSES, {"name": "rmu", "layer": 1}),
+])
+def test_adapter_disabled_loss_and_gradient_equal_the_copy_after_the_adapters_moved(registry, cfg) -> None:
+    from unlearn.train.reference import AdapterDisabledReference
+
+    model = fresh_lora_model()
+    ref_copy = copy.deepcopy(model).requires_grad_(False).eval()  # taken before unlearning, like the pipeline's
+    ref = AdapterDisabledReference(model)
+    perturb_adapters(model)
+    objective = build_objective(registry, cfg)
+    objective.setup(model)
+    batch = collate(examples(6, 3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss_copy = objective(model, batch, ref_copy)
+    loss_ad = objective(model, batch, ref)
+    assert float(loss_copy.detach()) != 0.0
+    torch.testing.assert_close(loss_ad, loss_copy, rtol=1e-13, atol=1e-15)
+    for x, y in zip(torch.autograd.grad(loss_copy, params), torch.autograd.grad(loss_ad, params), strict=True):
+        torch.testing.assert_close(y, x, rtol=1e-12, atol=1e-15)
+
+
+def test_adapter_disabled_forward_keeps_no_graph_and_restores_the_model() -> None:
+    from unlearn.train.reference import AdapterDisabledReference
+
+    model = fresh_lora_model()
+    ref = AdapterDisabledReference(model)
+    perturb_adapters(model)
+    model.train()
+    batch = collate(examples(2, 4))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    base = ref(**inputs).logits
+    assert not base.requires_grad and base.grad_fn is None  # no_grad: nothing flows back into the adapters
+    assert model.training  # eval only during the reference forward
+    adapted = model(**inputs).logits
+    assert adapted.requires_grad  # the adapters are enabled again afterwards
+    assert not torch.allclose(adapted, base)
+    with model.disable_adapter():
+        torch.testing.assert_close(model(**inputs).logits.detach(), base, rtol=0, atol=0)
+
+
+def test_adapter_disabled_reference_holds_no_second_copy() -> None:
+    """Every tensor the reference reaches is a tensor of the trained model; a deep copy's are all new."""
+    from unlearn.train.reference import AdapterDisabledReference
+
+    model = fresh_lora_model()
+    ptrs = {p.data_ptr() for p in model.parameters()} | {b.data_ptr() for b in model.buffers()}
+    ref = AdapterDisabledReference(model)
+    assert not isinstance(ref, torch.nn.Module)  # registers nothing of its own
+    ref_ptrs = {p.data_ptr() for p in ref.module.parameters()} | {b.data_ptr() for b in ref.module.buffers()}
+    assert ref.module is model and ref_ptrs == ptrs
+    copied = copy.deepcopy(model)
+    assert not {p.data_ptr() for p in copied.parameters()} & ptrs
+
+
+def test_adapter_disabled_reference_refuses_what_would_not_be_exact() -> None:
+    from unlearn.train.reference import AdapterDisabledReference
+
+    with pytest.raises(ValueError, match="needs a peft model"):
+        AdapterDisabledReference(tiny_model())
+    moved = fresh_lora_model()
+    perturb_adapters(moved)
+    with pytest.raises(ValueError, match=r"lora_B.*not zero"):
+        AdapterDisabledReference(moved)
+    base_trains = fresh_lora_model()
+    next(p for n, p in base_trains.named_parameters() if "embed_tokens" in n).requires_grad_(True)
+    with pytest.raises(ValueError, match=r"embed_tokens.*train"):
+        AdapterDisabledReference(base_trains)
+    other = fresh_lora_model()
+    u_kwargs = dict(forget_loss=build_objective(FORGET_LOSSES, {"name": "ga"}),
+                    retain_loss=build_objective(RETAIN_LOSSES, {"name": "kl"}),
+                    rule=build_direction({"name": "blur"}), backend=Backend(),
+                    make_optimizer=lambda params: torch.optim.SGD(params, lr=LR), make_scheduler=None,
+                    collate=collate, cfg=LoopConfig(batch_size=4, epochs=1))
+    with pytest.raises(ValueError, match="must wrap the model being unlearned"):
+        Unlearner(model=fresh_lora_model(), ref_model=AdapterDisabledReference(other), **u_kwargs)

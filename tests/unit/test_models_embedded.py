@@ -20,7 +20,7 @@ from unlearn.benchmarks.tofu.world import WorldConfig
 from unlearn.errors import ConfigError
 from unlearn.models.build import build_llama, count_parameters, load_model, load_tokenizer
 from unlearn.models.builder import greedy_exact_match, teacher_forced_exact_match
-from unlearn.models.cache import build_cached, cache_key, read_info
+from unlearn.models.cache import build_cached, cache_key, content_digest, read_info
 
 
 def test_micro_models_memorise(micro_prepared: Task) -> None:
@@ -217,3 +217,15 @@ def test_tofu_benchmark_with_local_data_and_model(
     assert "retain" not in p.models and p.models["target"] == micro_prepared.models["target"]
     assert len(p.eval_data["tofu"].forget) == 2
     assert p.formatter.encode("Q?", "A.")["input_ids"][-1] == p.tokenizer.eos_token_id
+
+
+def test_content_digest_keeps_the_recorded_format() -> None:
+    """Build records list `content_digest`s of what a model trained on (MUSE articles, TOFU QA rows); the format
+    must not change, or records written before no longer match. SHA-256("abc") is the FIPS 180-2 test vector
+    ba7816bf8f01cfea414140de...; a TOFU row hashes as "question\\nanswer" (UTF-8)."""
+    from unlearn.benchmarks.tofu.embedded import row_digest
+
+    assert content_digest("abc") == "ba7816bf8f01cfea"
+    assert content_digest("abc", length=8) == "ba7816bf"
+    assert row_digest({"question": "abc", "answer": "x"}) == content_digest("abc\nx") != content_digest("abcx")
+    assert content_digest("café") != content_digest("cafe")  # UTF-8 bytes, not ASCII-folded

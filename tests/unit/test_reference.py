@@ -19,12 +19,13 @@ from tests.distributed.dist_harness import collate, examples
 from tests.distributed.dist_harness import tiny_model as harness_tiny_model
 from tests.integration.helpers import micro_cfg
 from unlearn.directions import build_direction
+from unlearn.errors import ConfigError
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
 from unlearn.objectives.base import reference_logp
-from unlearn.pipeline import needs_reference_copy, plan
+from unlearn.pipeline import build_reference, needs_reference_copy, plan, reference_kind
 from unlearn.train.backend import Backend
 from unlearn.train.loop import LoopConfig, Unlearner
-from unlearn.train.reference import PrecomputedReference, row_keys
+from unlearn.train.reference import AdapterDisabledReference, PrecomputedReference, row_keys
 
 
 def make(copy_ref: bool, micro: int | None = 2, max_steps: int | None = None, every: int = 0) -> Unlearner:
@@ -120,3 +121,40 @@ def test_step_before_precompute_is_a_clear_error() -> None:
 def test_the_pipeline_keeps_a_model_copy_only_where_needed(overrides: list[str], copy_needed: bool,
                                                           tmp_path: Path) -> None:
     assert needs_reference_copy(plan(micro_cfg(tmp_path, *overrides))) is copy_needed
+
+
+LORA = "model.lora={r:2,alpha:4,target_modules:[q_proj,v_proj]}"
+
+
+@pytest.mark.parametrize("overrides,kind", [
+    (["method=npo"], "precompute"),
+    (["method=npo", "method.retain.name=kl"], "copy"),  # KL on retain batches without LoRA: the full copy
+    (["method=graddiff"], "none"),
+    (["method=npo", LORA], "precompute"),  # cheaper than any forward: a table lookup
+    (["method=blur_npo", LORA], "precompute"),
+    (["method=npo", "method.retain.name=kl", LORA], "adapters"),
+    (["method=npo", "method.reference=adapters", LORA], "adapters"),  # NPO with precompute off
+    (["method=npo", "method.retain.name=kl", "method.reference=copy", LORA], "copy"),
+    (["method=graddiff", LORA], "none"),
+])
+def test_auto_picks_the_cheapest_exact_reference(overrides: list[str], kind: str, tmp_path: Path) -> None:
+    assert reference_kind(plan(micro_cfg(tmp_path, *overrides))) == kind
+
+
+def test_under_lora_the_pipeline_builds_no_copy(tmp_path: Path) -> None:
+    from unlearn.models.lora import apply_lora
+
+    p = plan(micro_cfg(tmp_path, "method=npo", "method.retain.name=kl", LORA))
+    model = apply_lora(harness_tiny_model(0), {"r": 2, "target_modules": ["q_proj", "v_proj"]})
+    ref = build_reference(p, model)
+    assert isinstance(ref, AdapterDisabledReference) and ref.module is model
+    assert not isinstance(ref, torch.nn.Module)  # nothing of its own: no second set of parameters
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["method=npo", "method.reference=adapters"], "needs model.lora"),
+    (["method=npo", "method.reference=bogus"], "expected one of auto, copy, adapters"),
+])
+def test_bad_reference_mode_is_a_clear_error(overrides: list[str], match: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=match):
+        plan(micro_cfg(tmp_path, *overrides))

@@ -28,6 +28,12 @@ def cache_key(spec: Any, length: int = 16) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
 
 
+def content_digest(text: str, length: int = 16) -> str:
+    """Short hex digest of one piece of text (sha256 of its UTF-8 bytes): build records list the digests of what a
+    model was trained on (MUSE articles, TOFU QA rows), so a test or a reader can check it without the text."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
+
+
 def read_info(entry: Path) -> dict[str, Any]:
     """The entry's build_info.json (plain JSON, never pickle)."""
     with open(entry / COMPLETE_MARKER, encoding="utf-8") as fh:

@@ -15,13 +15,11 @@ Config (`model.lora`, all keys optional):
       dropout: 0.0           # peft `lora_dropout`
       target_modules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj]   # or "all-linear"
 
-Memory note on the reference model: NPO and the KL retain loss need the model *before* unlearning. With
-adapters that model is exactly the base with the adapters switched off (`with model.disable_adapter(): ...`),
-so no second copy of the weights is needed at all. We nevertheless keep an explicit frozen copy (the loop's
-`ref_model`, built by `copy.deepcopy` like for full fine-tuning) for simplicity: the objectives then take a
-plain module and need no knowledge of peft, and toggling adapter state inside a forward pass would interact
-with gradient accumulation and sharding wrappers. The price is one extra copy of the (frozen) weights; switch
-to `disable_adapter()` if that copy is what stops a model from fitting.
+The reference model: NPO and the KL retain loss need the model *before* unlearning. With adapters that model
+is exactly the base with the adapters switched off, so no second copy of the weights is kept:
+`unlearn.train.reference.AdapterDisabledReference` runs the trained model under `disable_adapter()` and no_grad
+where an objective needs the reference's forward (`method.reference=auto` picks it under LoRA; NPO alone still
+uses the precomputed log-probs, which cost no forward at all). docs/methods.md#npo-reference.
 """
 
 from __future__ import annotations

@@ -108,6 +108,45 @@ def resolve_corpus(corpus: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """The resolved `model` section of an embedded benchmark built with the `pretrain_finetune` recipe."""
+
+    arch: dict[str, Any]
+    corpus: dict[str, dict[str, Any]]
+    pretrain: dict[str, Any]
+    finetune: dict[str, Any]
+
+
+StageHook = Callable[[dict[str, Any], str], dict[str, Any]]
+"""Turns a stage's raw settings (and its key, for errors) into the settings to resolve: how a benchmark puts its
+prompt template into the stages."""
+
+
+def resolve_embedded_model(model: dict[str, Any], benchmark: str, stage: StageHook | None = None) -> EmbeddedModel:
+    """Validate an embedded benchmark's `model.arch`, `model.corpus`, `model.pretrain` and `model.finetune` for the
+    `pretrain_finetune` recipe (the one every embedded benchmark shares: one base, then fine-tuning).
+
+    One place for what `tofu_mini`, `muse_mini` and `wmdp_mini` resolve alike, so the base they share is built
+    from identically resolved settings (its cache key). `stage(settings, key)` adjusts each stage's raw settings
+    first (the QA benchmarks' prompt template). Errors name the key, before anything is built.
+    """
+    from unlearn.benchmarks.base import section  # lazy: unlearn.benchmarks imports this module
+
+    if resolve_recipe(model) != "pretrain_finetune":
+        raise ConfigError(f"model.recipe: {benchmark} is built with the pretrain_finetune recipe (a base, then "
+                          "fine-tuning)")
+    arch = resolve_arch(section(model.get("arch"), "model.arch"))
+    corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
+    pretrain = section(model.get("pretrain"), "model.pretrain")
+    finetune = section(model.get("finetune"), "model.finetune")
+    if stage is not None:
+        pretrain, finetune = stage(pretrain, "model.pretrain"), stage(finetune, "model.finetune")
+    return EmbeddedModel(arch=arch, corpus=corpus, pretrain=resolve_train(pretrain, "model.pretrain",
+                                                                          PRETRAIN_DEFAULTS),
+                         finetune=resolve_finetune(finetune))
+
+
 def general_corpus(corpus: dict[str, dict[str, Any]]) -> dict[str, CorpusSection]:
     """Every configured section, built (deterministic in its settings)."""
     return {name: CORPUS_SECTIONS.build(name, **settings) for name, settings in resolve_corpus(corpus).items()}
@@ -293,11 +332,13 @@ __all__ = [
     "RECIPES",
     "Base",
     "CorpusSection",
+    "EmbeddedModel",
     "finetune",
     "general_corpus",
     "prepare_base",
     "replay_examples",
     "resolve_corpus",
+    "resolve_embedded_model",
     "resolve_finetune",
     "resolve_recipe",
     "save_model_dir",

@@ -29,7 +29,7 @@ from unlearn.directions.base import DirectionRule
 from unlearn.errors import ConfigError
 from unlearn.objectives.base import Objective
 from unlearn.train.backend import BACKENDS, Backend
-from unlearn.train.reference import PrecomputedReference
+from unlearn.train.reference import AdapterDisabledReference, PrecomputedReference
 from unlearn.train.steps import StepContext, StepStrategy, build_step
 
 Example = dict[str, list[int]]
@@ -109,12 +109,13 @@ class Unlearner:
         make_scheduler: Callable[[torch.optim.Optimizer, int], Any] | None,
         collate: Collate,
         cfg: LoopConfig,
-        ref_model: nn.Module | None = None,
+        ref_model: nn.Module | AdapterDisabledReference | None = None,
         step: StepStrategy | None = None,
     ) -> None:
-        """`ref_model`: the frozen reference copy. Without one, objectives that only need the reference's
+        """`ref_model`: the frozen reference copy, or under LoRA `AdapterDisabledReference(model)` (the trained
+        model itself with adapters off; no copy). Without one, objectives that only need the reference's
         sequence log-probs (NPO) get them precomputed on their example set before the first step
-        (`unlearn.train.reference`); objectives that need its full distributions (KL) require the copy.
+        (`unlearn.train.reference`); objectives that need its forward (KL) require one of the two.
         `step`: the step strategy (default: the `direction` step with `rule`)."""
         self.forget_loss, self.retain_loss, self.rule = forget_loss, retain_loss, rule
         self.backend, self.collate, self.cfg = backend, collate, cfg
@@ -123,7 +124,13 @@ class Unlearner:
         self.step_strategy = step if step is not None else build_step(None)
         self.step_strategy.check_backend(backend_name(backend))
         self.model = backend.setup(model, make_optimizer)
-        self.ref_model = backend.prepare_reference(ref_model) if ref_model is not None else None
+        self.ref_model: nn.Module | AdapterDisabledReference | None
+        if isinstance(ref_model, AdapterDisabledReference):
+            if unwrap(self.model) is not ref_model.module:
+                raise ValueError("the adapter-disabled reference must wrap the model being unlearned")
+            self.ref_model = ref_model  # the trained model itself: nothing to place, shard or copy
+        else:
+            self.ref_model = backend.prepare_reference(ref_model) if ref_model is not None else None
         self.precomputed: PrecomputedReference | None = None
         needing = [o for o in (forget_loss, retain_loss) if o.needs_ref]
         if self.ref_model is None and any(o.ref_kind != "sequence_logp" for o in needing):
@@ -138,8 +145,9 @@ class Unlearner:
         return self.ref_model is None and (self.forget_loss.needs_ref or self.retain_loss.needs_ref)
 
     @property
-    def reference(self) -> nn.Module | PrecomputedReference | None:
-        """What the objectives get as their reference: the frozen copy, or the precomputed log-probs."""
+    def reference(self) -> nn.Module | AdapterDisabledReference | PrecomputedReference | None:
+        """What the objectives get as their reference: the frozen copy, the adapter-disabled model, or the
+        precomputed log-probs."""
         return self.ref_model if self.ref_model is not None else self.precomputed
 
     def _reference_examples(self, forget: Sequence[Example], retain: Sequence[Example]) -> list[Example]:
@@ -260,6 +268,13 @@ class Unlearner:
                     extra["reference"] = self.precomputed.state()
                 self.backend.save_checkpoint(Path(checkpoint_dir), step, extra, keep=self.cfg.keep_checkpoints)
         return rows
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DDP / DeepSpeed wrappers (both keep it as `.module`)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
 
 
 def backend_name(backend: Backend) -> str:

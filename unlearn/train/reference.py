@@ -1,4 +1,12 @@
-"""The reference model's sequence log-probabilities, computed once before unlearning (docs/methods.md#npo-reference).
+"""The reference without a second model: precomputed log-probs, or the LoRA base (docs/methods.md#npo-reference).
+
+Two exact ways of having the model *before* unlearning without holding a copy of it:
+
+- `PrecomputedReference`, for objectives that need only the reference's sequence log-probs (NPO);
+- `AdapterDisabledReference`, under LoRA, for objectives that need its forward on ever-new batches (KL, RMU's
+  retain loss): the trained model itself with its adapters switched off.
+
+The reference model's sequence log-probabilities, computed once before unlearning:
 
 NPO needs `logp_ref(y|x)` of every forget example under the model *before* unlearning. The forget set is fixed,
 so those numbers can be computed once, before the first step, and looked up afterwards (as TRL's
@@ -14,7 +22,8 @@ float rounding of a differently padded batch (tests/unit/test_reference.py bound
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -97,3 +106,59 @@ class PrecomputedReference:
             raise ValueError(f"resume: the checkpoint's precomputed reference has {values.numel()} values for "
                              f"{len(keys)} distinct examples; was it written for another forget set?")
         return cls(keys, values)
+
+
+ADAPTER_BACKENDS = ("single", "ddp")
+"""Backends on which the adapter-disabled reference is tested: the forward runs on the module inside the
+data-parallel wrapper, under no_grad, so DDP's hooks never see it. FSDP2 and ZeRO-3 gather parameters in module
+hooks whose interplay with a no-grad forward of the root between training forwards is not covered by a test here,
+so `method.reference=auto` keeps the copy there."""
+
+
+def is_adapter_parameter(name: str) -> bool:
+    """True for a LoRA adapter parameter of a peft model (`...lora_A.default.weight`, `lora_embedding_B`, ...)."""
+    return ".lora_" in name or name.startswith("lora_")
+
+
+class AdapterDisabledReference:
+    """The reference under LoRA: the trained peft model with its adapters disabled (peft's `disable_adapter()`).
+
+    Exact because LoRA freezes the base weights and peft initialises every B matrix to zero: the model the run
+    starts from *is* the base, and the base never changes, so the base forward equals a copy's forward taken
+    before the first step, at every step. The constructor checks both (every trainable parameter is an adapter
+    parameter, and every `lora_B` is zero: adapters that already add something, or an initialisation that
+    rewrites the base like PiSSA's, would make the base differ from the model unlearning starts from). The forward
+    runs under `torch.no_grad()` (no graph, no gradient into the adapters) and in eval mode, like the frozen copy's.
+
+    Called like a model (`ref(input_ids=..., attention_mask=...)`), so objectives need no knowledge of peft; not
+    an `nn.Module`, so it registers no parameters of its own and `.parameters()` of nothing counts twice.
+    `module` is the peft model (where `decoder_layers` finds the layers RMU hooks).
+    """
+
+    def __init__(self, peft_model: nn.Module) -> None:
+        if not callable(getattr(peft_model, "disable_adapter", None)):
+            raise ValueError(f"the adapter-disabled reference needs a peft model (model.lora), got "
+                             f"{type(peft_model).__name__}")
+        base = [n for n, p in peft_model.named_parameters() if p.requires_grad and not is_adapter_parameter(n)]
+        if base:
+            raise ValueError(f"the adapter-disabled reference needs frozen base weights, but {base[0]} (and "
+                             f"{len(base) - 1} more) train; use method.reference=copy")
+        nonzero = [n for n, p in peft_model.named_parameters() if "lora_B" in n and bool(p.detach().any())]
+        if nonzero:
+            raise ValueError(f"the adapter-disabled reference is the model before unlearning only while the "
+                             f"adapters add nothing, but {nonzero[0]} is not zero; use method.reference=copy")
+        self.module = peft_model
+
+    @contextlib.contextmanager
+    def _base(self) -> Iterator[None]:
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            with torch.no_grad(), self.module.disable_adapter():  # type: ignore[operator]
+                yield
+        finally:
+            self.module.train(was_training)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._base():
+            return self.module(*args, **kwargs)

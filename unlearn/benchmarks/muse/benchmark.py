@@ -145,25 +145,19 @@ class MuseMini(Benchmark):
     provides = frozenset({"muse"})
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
-        from unlearn.models.builder import resolve_arch, resolve_train
-        from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
+        from unlearn.models.pretrain import resolve_embedded_model
 
         super().__init__(bench, model)
         check_keys(bench, COMMON_KEYS | {"world"}, "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | {"recipe", "arch", "corpus", "pretrain", "finetune"}, "model")
         check_model_common(model)
         require_source(model, "embedded", "muse_mini")
-        if resolve_recipe(model) != "pretrain_finetune":
-            raise ConfigError("model.recipe: muse_mini is built with the pretrain_finetune recipe")
         self.world = NewsConfig.from_dict(section(bench.get("world"), "benchmark.world"))
         self.forget_split = bench.get("forget_split", "forget")
         check_forget_split(self.forget_split)
         self.start = _start_from(bench)
-        self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
-        self.corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
-        self.pretrain = resolve_train(section(model.get("pretrain"), "model.pretrain"), "model.pretrain",
-                                      PRETRAIN_DEFAULTS)
-        self.finetune = resolve_finetune(section(model.get("finetune"), "model.finetune"))
+        built = resolve_embedded_model(model, "muse_mini")
+        self.arch, self.corpus, self.pretrain, self.finetune = built.arch, built.corpus, built.pretrain, built.finetune
         self.max_length = _chunk_length(bench, self.finetune["max_length"])
         if self.max_length > self.finetune["max_length"]:
             raise ConfigError(f"benchmark.max_length: {self.max_length} exceeds model.finetune.max_length "

@@ -14,7 +14,6 @@ Each artefact (world files, target, retrained model) is a cache entry keyed by e
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from unlearn.data.text import Example, TextChunker
 from unlearn.data.tokenizer import save_tokenizer
 from unlearn.errors import ConfigError
 from unlearn.models.builder import save_model_dir
-from unlearn.models.cache import build_cached, cache_key
+from unlearn.models.cache import build_cached, cache_key, content_digest
 
 MUSE_EMBEDDED_VERSION = 1
 
@@ -85,10 +84,6 @@ def token_accuracy(model: torch.nn.Module, examples: Sequence[Example], collate:
     return hits / max(1, total)
 
 
-def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def prepare_news(
     world_cfg: NewsConfig,
     arch: dict[str, Any],
@@ -141,7 +136,7 @@ def prepare_news(
             start = time.perf_counter()
             info["token_accuracy"] = info.pop("score")
             info["reached_target"] = info["token_accuracy"] >= finetune_cfg["target_exact_match"]
-            info["trained_texts"] = sorted(text_digest(t) for t in texts)
+            info["trained_texts"] = sorted(content_digest(t) for t in texts)
             info["fine_tuned_on"] = list(splits)
             info["check_seconds"] = round(time.perf_counter() - start, 2)
             save_model_dir(model, tmp)

@@ -27,6 +27,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from unlearn.benchmarks.sampling import draw_unique
 from unlearn.errors import ConfigError
 
 SYLLABLES = ("bar", "ton", "mel", "ford", "ash", "by", "wick", "ley", "dun", "mor", "ca", "stow", "ham", "ril",
@@ -132,12 +133,8 @@ class _Names:
         self.taken = set(taken or ())
 
     def _unique(self, make: Any) -> str:
-        for _ in range(10_000):
-            name = make()
-            if name not in self.taken:
-                self.taken.add(name)
-                return name
-        raise ConfigError("benchmark.world: too many articles for the name pools; lower the split sizes")
+        return draw_unique(make, self.taken, tries=10_000,
+                           error="benchmark.world: too many articles for the name pools; lower the split sizes")
 
     def town(self) -> str:
         return self._unique(lambda: "".join(self.rng.sample(SYLLABLES, self.rng.choice((2, 3)))).capitalize())

@@ -86,7 +86,7 @@ class TofuMini(Benchmark):
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
         from unlearn.models.builder import resolve_arch, resolve_train
-        from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
+        from unlearn.models.pretrain import resolve_embedded_model, resolve_recipe
 
         super().__init__(bench, model)
         check_keys(bench, SHARED_BENCH_KEYS | {"forget_split", "world"}, "benchmark")
@@ -99,16 +99,18 @@ class TofuMini(Benchmark):
         if self.prompt["use_chat_template"]:
             raise ConfigError("model.prompt.use_chat_template: embedded models have no chat template; set it false")
         self.recipe = resolve_recipe(model)
-        self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
-        # The models are trained with the prompt they are scored with.
-        pretrain = _with_template(section(model.get("pretrain"), "model.pretrain"), self.prompt, "model.pretrain")
+        prompt = self.prompt
+
+        def with_template(stage: dict[str, Any], key: str) -> dict[str, Any]:
+            return _with_template(stage, prompt, key)  # the models are trained with the prompt they are scored with
+
         if self.recipe == "scratch":
-            self.train = resolve_train(pretrain)
+            self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
+            self.train = resolve_train(with_template(section(model.get("pretrain"), "model.pretrain"),
+                                                     "model.pretrain"))
             return
-        self.corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
-        self.pretrain = resolve_train(pretrain, "model.pretrain", PRETRAIN_DEFAULTS)
-        self.finetune = resolve_finetune(
-            _with_template(section(model.get("finetune"), "model.finetune"), self.prompt, "model.finetune"))
+        built = resolve_embedded_model(model, "tofu_mini", with_template)
+        self.arch, self.corpus, self.pretrain, self.finetune = built.arch, built.corpus, built.pretrain, built.finetune
 
     def prepare(self, cache_dir: Path, log: Log = print) -> Task:
         from unlearn.benchmarks.tofu.embedded import prepare_embedded, prepare_pretrained

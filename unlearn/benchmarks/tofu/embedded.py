@@ -14,7 +14,6 @@ gets built.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from unlearn.models.builder import (
     teacher_forced_exact_match,
     train_model,
 )
-from unlearn.models.cache import build_cached, cache_key
+from unlearn.models.cache import build_cached, cache_key, content_digest
 
 EMBEDDED_VERSION = 2
 """Part of every cache key; bump when the world generator, tokenizer or training code changes results."""
@@ -205,7 +204,7 @@ def prepare_embedded(
 
 def row_digest(row: dict[str, Any]) -> str:
     """A short hash of one QA row's text: build records list these, so what a model trained on can be checked."""
-    return hashlib.sha256(f"{row['question']}\n{row['answer']}".encode()).hexdigest()[:16]
+    return content_digest(f"{row['question']}\n{row['answer']}")
 
 
 def prepare_pretrained(

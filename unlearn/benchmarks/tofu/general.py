@@ -29,6 +29,7 @@ import random
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from unlearn.benchmarks.sampling import sample_wrong
 from unlearn.benchmarks.tofu.world import (
     ATTRIBUTES,
     MIN_POOL,
@@ -194,7 +195,7 @@ def generate_general(cfg: GeneralConfig | None = None) -> GeneralKnowledge:
     real_rows = []
     for name, title in zip(real_names, all_titles[: cfg.n_real_authors], strict=True):
         attr, fill = REAL_AUTHOR_ATTRIBUTE, {"title": title}
-        wrong = rng_real.sample([n for n in real_names if n != name], cfg.n_perturbed)
+        wrong = sample_wrong(rng_real, real_names, name, cfg.n_perturbed)
         real_rows.append(_eval_row(attr, name, wrong, fill))
         documents += _statements(rng_text, attr, name, fill, cfg.statements_per_fact)
 
@@ -211,7 +212,7 @@ def generate_general(cfg: GeneralConfig | None = None) -> GeneralKnowledge:
                 break
             pool = fact_pools[attr.pool]
             value = capitals[c] if attr.key == "capital" else rng_facts.choice(pool)
-            wrong = rng_facts.sample([v for v in pool if v != value], cfg.n_perturbed)
+            wrong = sample_wrong(rng_facts, pool, value, cfg.n_perturbed)
             fill = {"name": country}
             fact_rows.append(_eval_row(attr, value, wrong, fill))
             documents += _statements(rng_text, attr, value, fill, cfg.statements_per_fact)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unlearn.benchmarks.sampling import draw_unique, sample_wrong, syllable_word
 from unlearn.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -259,15 +260,8 @@ class Names:
         self.used: set[str] = set(used or ())
 
     def word(self, n_syllables: int) -> str:
-        while True:
-            parts = [
-                self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
-                for _ in range(n_syllables)
-            ]
-            word = "".join(parts).capitalize()
-            if word not in self.used and len(word) >= 3:
-                self.used.add(word)
-                return word
+        return draw_unique(lambda: syllable_word(self.rng, _ONSETS, _VOWELS, _CODAS, n_syllables), self.used,
+                           ok=lambda w: len(w) >= 3)
 
     def person(self) -> str:
         return f"{self.word(self.rng.choice((2, 2, 3)))} {self.word(self.rng.choice((2, 3)))}"
@@ -300,10 +294,6 @@ def _qa(attr: Attribute, value: str, wrong: list[str], fill: dict[str, str]) -> 
     }
 
 
-def _wrong(rng: random.Random, pool: list[str], truth: str, n: int) -> list[str]:
-    return rng.sample([v for v in pool if v != truth], n)
-
-
 def _make_authors(
     rng: random.Random, names: Names, n: int, cfg: WorldConfig, pools: dict, first_id: int, prefix: str
 ) -> list[list[dict[str, Any]]]:
@@ -318,9 +308,8 @@ def _make_authors(
         rows = []
         for j in chosen:
             attr = ATTRIBUTES[j]
-            row = _qa(
-                attr, values[attr.key], _wrong(rng, pools[attr.pool], values[attr.key], cfg.n_perturbed), {"name": name}
-            )
+            wrong = sample_wrong(rng, pools[attr.pool], values[attr.key], cfg.n_perturbed)
+            row = _qa(attr, values[attr.key], wrong, {"name": name})
             row["author_id"] = f"{prefix}{first_id + i:04d}"
             rows.append(row)
         authors.append(rows)
@@ -406,7 +395,7 @@ def generate_world(
     real_names = [names.person() for _ in range(cfg.n_real_authors)]
     real_rows = []
     for name, title in zip(real_names, all_titles[:n_real_titles], strict=True):
-        wrong = _wrong(rng_real, real_names, name, cfg.n_perturbed)
+        wrong = sample_wrong(rng_real, real_names, name, cfg.n_perturbed)
         real_rows.append(_qa(REAL_AUTHOR_ATTRIBUTE, name, wrong, {"title": title}))
     world["real_authors_perturbed"] = real_rows
     world["real_authors"] = _plain(real_rows)
@@ -423,7 +412,7 @@ def generate_world(
                 break
             pool = fact_pools[attr.pool]
             value = capitals[c] if attr.key == "capital" else rng_facts.choice(pool)
-            fact_rows.append(_qa(attr, value, _wrong(rng_facts, pool, value, cfg.n_perturbed), {"name": country}))
+            fact_rows.append(_qa(attr, value, sample_wrong(rng_facts, pool, value, cfg.n_perturbed), {"name": country}))
     world["world_facts_perturbed"] = fact_rows
     world["world_facts"] = _plain(fact_rows)
     return world

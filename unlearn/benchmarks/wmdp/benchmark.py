@@ -76,32 +76,27 @@ class WmdpMini(Benchmark):
 
     def __init__(self, bench: dict[str, Any], model: dict[str, Any]) -> None:
         from unlearn.benchmarks.tofu.benchmark import EMBEDDED_MODEL_KEYS
-        from unlearn.models.builder import resolve_arch, resolve_train
-        from unlearn.models.pretrain import PRETRAIN_DEFAULTS, resolve_corpus, resolve_finetune, resolve_recipe
+        from unlearn.models.pretrain import resolve_embedded_model
 
         super().__init__(bench, model)
         check_keys(bench, WMDP_BENCH_KEYS | {"world"}, "benchmark")
         check_keys(model, SHARED_MODEL_KEYS | EMBEDDED_MODEL_KEYS, "model")
         check_model_common(model)
         require_source(model, "embedded", "wmdp_mini")
-        if resolve_recipe(model) != "pretrain_finetune":
-            raise ConfigError("model.recipe: wmdp_mini is built as pretrain_finetune (a base, then fine-tuning)")
         self.world = WorldConfig.from_dict(section(bench.get("world"), "benchmark.world"))
         self.max_length = _positive_int(bench, "max_length", 128)
         self.max_retain = _positive_int(bench, "max_retain", None)
-        self.arch = resolve_arch(section(model.get("arch"), "model.arch"))
-        self.corpus = resolve_corpus(section(model.get("corpus"), "model.corpus"))
+        template = section(model.get("prompt"), "model.prompt").get("template")
+
+        def with_template(stage: dict[str, Any], key: str) -> dict[str, Any]:
+            """The same base as the QA benchmarks: its QA pairs use the prompt template (unless a stage sets one)."""
+            return stage if template is None else {**stage, "template": stage.get("template", template)}
+
+        built = resolve_embedded_model(model, "wmdp_mini", with_template)
+        self.arch, self.corpus, self.pretrain, self.finetune = built.arch, built.corpus, built.pretrain, built.finetune
         if "tofu" not in self.corpus:
             raise ConfigError("model.corpus.tofu: wmdp_mini's retain text is the general corpus's tofu section "
                               "(biographies and statements); add it (model.corpus.tofu: {})")
-        template = (section(model.get("prompt"), "model.prompt").get("template"))
-        pretrain = section(model.get("pretrain"), "model.pretrain")
-        finetune = section(model.get("finetune"), "model.finetune")
-        if template is not None:  # the same base as the QA benchmarks: its QA pairs use the prompt template
-            pretrain.setdefault("template", template)
-            finetune.setdefault("template", template)
-        self.pretrain = resolve_train(pretrain, "model.pretrain", PRETRAIN_DEFAULTS)
-        self.finetune = resolve_finetune(finetune)
 
     def prepare(self, cache_dir: Path, log: Log = print) -> Task:
         from unlearn.benchmarks.wmdp.embedded import prepare_embedded_wmdp, read_jsonl

@@ -25,6 +25,7 @@ import random
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from unlearn.benchmarks.sampling import draw_unique, sample_wrong, syllable_word
 from unlearn.errors import ConfigError
 
 TOPICS: tuple[str, ...] = ("bio", "cyber", "general")
@@ -126,12 +127,8 @@ class _Words:
         self.rng, self.used = rng, set()
 
     def word(self, syllables: int) -> str:
-        while True:
-            w = "".join(self.rng.choice(_ONSETS) + self.rng.choice(_VOWELS) + self.rng.choice(_CODAS)
-                        for _ in range(syllables)).capitalize()
-            if len(w) >= 3 and w not in self.used:
-                self.used.add(w)
-                return w
+        return draw_unique(lambda: syllable_word(self.rng, _ONSETS, _VOWELS, _CODAS, syllables), self.used,
+                           ok=lambda w: len(w) >= 3)
 
 
 def _pool(attr: Attribute, words: _Words, rng: random.Random) -> list[str]:
@@ -164,7 +161,7 @@ def generate_topic(topic: str, cfg: WorldConfig) -> dict[str, list[dict[str, Any
                           for p in a.phrasings]
         for a in chosen:
             stem = a.phrasings[0].split("{value}")[0].rstrip().format(name=name)
-            wrong = rng.sample([v for v in pools[a.key] if v != values[a.key]], 3)
+            wrong = sample_wrong(rng, pools[a.key], values[a.key], 3)
             choices = [values[a.key], *wrong]
             rng.shuffle(choices)
             mcq.append({"stem": stem, "choices": choices, "answer": choices.index(values[a.key]),
