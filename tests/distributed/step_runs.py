@@ -41,7 +41,11 @@ ADAPTIVE = {"name": "adaptive_lr", "every": 2, "smoothing": 0.5}
 # (MSE of layer-0 activations to a steering vector) with NLL, so that NGDiff's objective is convex along the
 # first step and the fit is accepted (clamped to 2x, lr scale 1.5), then rejected at step 3 (concave);
 # under GA/NLL every fit on this model is rejected and the scale would never leave 1.
+# RMU's forget loss reads layer 0 only: the parameters after it get no forget gradient, which DDP refuses (its
+# reducer expects every trainable parameter in every backward), so the adaptive runs train the embedding and
+# layer 0 only (`model.trainable`).
 RMU_FORGET = {"name": "rmu", "layer": 0, "steering_coeff": 4.0, "seed": 0}
+TRAINABLE = {"adaptive": ["model.embed_tokens.weight", "model.layers.0.*"]}
 METHODS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], dict[str, Any]]] = {
     "ofmu": (OFMU, None, {"name": "ga"}, {"name": "nll"}),
     "adaptive": (ADAPTIVE, {"name": "ngdiff"}, RMU_FORGET, {"name": "nll"}),
@@ -50,9 +54,13 @@ METHODS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any], 
 
 
 def step_unlearner(backend: Backend, method: str, micro: int | None) -> Unlearner:
+    from unlearn.models.trainable import apply_trainable
+
     step, rule, forget, retain = METHODS[method]
+    model = tiny_model()
+    apply_trainable(model, TRAINABLE.get(method))
     return Unlearner(
-        model=tiny_model(),
+        model=model,
         forget_loss=build_objective(FORGET_LOSSES, forget),
         retain_loss=build_objective(RETAIN_LOSSES, retain),
         rule=build_direction(rule) if rule else None,
