@@ -156,8 +156,13 @@ def free_port() -> int:
 
 
 def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
-    """What torchrun would set for one worker, plus settings that keep 2 processes on 2 cores quiet and offline."""
+    """What torchrun would set for one worker, plus settings that keep 2 processes on 2 cores quiet and offline,
+    and this checkout first on the import path."""
     env = dict(os.environ)
+    # The workers import `unlearn` from this checkout, as the test process does (an environment shared between
+    # checkouts may have another one installed).
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.update({
         "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
         "LOCAL_WORLD_SIZE": str(world_size), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),

@@ -154,3 +154,66 @@ def assert_weights_close(got: Mapping[str, torch.Tensor], want: Mapping[str, tor
                          stored_unit: float = 0.0, per_parameter: bool = True) -> None:
     bad = weight_violations(got, want, initial, steps, eps, stored_unit, per_parameter)
     assert not bad, f"{what}:\n" + "\n".join(bad)
+
+
+# -- step strategies: finite-difference HVPs, OFMU, NGDiff's adaptive lr (tests/distributed/test_steps_backends.py) --
+#
+# The same float32 premise (each gradient set off by at most GRAD_REL relative between two correct runs), pushed
+# through what these steps compute. One more ingredient: a finite-difference HVP divides the difference of two
+# gradients by 2e, so their rounding reaches H v amplified by 1/e. `fd_hvp_bound` is that term; a vector v that
+# itself differs between the runs moves H v by at most ||H|| ||dv|| and the perturbed points by e ||dv|| plus one
+# float32 rounding of each entry (<= U32 ||theta||), which needs an upper bound on the Hessian's operator norm
+# (`h_norm`, measured by power iteration with exact HVPs in one process; the tests double it).
+
+
+def fd_hvp_bound(norm_g: float, norm_hv: float, e: float, eps: float = GRAD_REL) -> float:
+    """||d(H v)|| between two correct finite-difference HVPs along the same v at the same theta.
+
+    The perturbed points theta +- e v are the same numbers in both runs (e is a power of two, so e v is exact, and
+    v is the same numbers), so only the two gradients differ: each by eps * ||g(theta +- e v)||, which is at most
+    eps * (||g|| + e ||H v||) to first order. Their difference quotient: eps * (||g|| / e + ||H v||)."""
+    return eps * (norm_g / e + norm_hv)
+
+
+def fd_hvp_moved_bound(norm_g: float, norm_a: float, da: float, fd_eps: float, h_norm: float, theta_norm: float,
+                       eps: float = GRAD_REL) -> float:
+    """||d(H a)|| when a itself is off by `da` (norm) between the runs: `fd_hvp_bound` with 1/e <= sqrt(2)
+    ||a|| / fd_eps (e is fd_eps / ||a|| rounded to a power of two) and ||H a|| <= h_norm ||a||, plus H da, plus the
+    perturbed points' own rounding, at most one float32 ulp per entry: h_norm * U32 * ||theta|| / e."""
+    inv_e = math.sqrt(2.0) * norm_a / fd_eps
+    return eps * (norm_g * inv_e + h_norm * norm_a) + h_norm * da + h_norm * U32 * theta_norm * inv_e
+
+
+def ofmu_step_bounds(row: Mapping[str, float], beta: float, fd_eps: float, h_norm: float, theta_norm: float,
+                     eps: float = GRAD_REL) -> dict[str, float]:
+    """Bounds on ||dw|| (w = grad Psi), ||du|| (u = g_r + 2 rho H_f w) and |d penalty| of one OFMU step.
+
+    With nf, nr, c = cos from the row: a_f = g_r/(nf nr) - c g_f/nf^2 has norm sqrt(1 - c^2)/nf and is off by at
+    most (5 + 3|c|) eps / nf (its first term by 3 eps/nf: g_r, nf, nr; its second by |dc|/nf + 3|c| eps/nf, with
+    |dc| <= 2 eps); a_r likewise with nr. Then dw <= eps nf + beta (d(H_f a_f) + d(H_r a_r)) and
+    du <= eps nr + 2 rho d(H_f w), each HVP bounded by `fd_hvp_moved_bound`; the penalty ||w||^2 by
+    2 ||w|| dw + eps ||w||^2 (its dot product's own rounding)."""
+    nf, nr, c, rho = row["norm_f"], row["norm_r"], row["cos_fr"], row["rho"]
+    s = math.sqrt(max(0.0, 1.0 - c * c))
+    dw = eps * nf
+    if beta > 0:
+        dw += beta * (fd_hvp_moved_bound(nf, s / nf, (5 + 3 * abs(c)) * eps / nf, fd_eps, h_norm, theta_norm, eps)
+                      + fd_hvp_moved_bound(nr, s / nr, (5 + 3 * abs(c)) * eps / nr, fd_eps, h_norm, theta_norm,
+                                           eps))
+    norm_w = math.sqrt(row["penalty"])
+    du = eps * nr + 2 * rho * fd_hvp_moved_bound(nf, norm_w, dw, fd_eps, h_norm, theta_norm, eps)
+    return {"w": dw, "u": du, "penalty": 2 * norm_w * dw + eps * row["penalty"]}
+
+
+def adaptive_fit_bounds(row: Mapping[str, float], eps: float) -> dict[str, float]:
+    """Bounds on the parabola fit's a and b (NGDiff's objective L = f/||g_f|| + r/||g_r|| at -1, 0, +1 times the
+    step) when every loss and norm is off by eps relative and the step itself by eps relative.
+
+    Each L is off by 2 eps S, S = |f|/nf + |r|/nr (the losses and their normalisers), and L(+-1) also by its slope
+    along the step, at most |b| + 2|a|, times eps; then |da| <= (|dL+| + |dL-| + 2|dL0|)/2 and |db| <= (|dL+| +
+    |dL-|)/2."""
+    S = abs(row["loss_f"]) / row["norm_f"] + abs(row["loss_r"]) / row["norm_r"]
+    a, b = row["fit_a"], row["fit_b"]
+    d0 = 2 * eps * S
+    d1 = d0 + eps * (abs(b) + 2 * abs(a))
+    return {"a": d1 + d0, "b": d1}

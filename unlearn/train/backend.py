@@ -188,6 +188,21 @@ class Backend:
         """Return the accumulated gradients and install a zeroed spare set in their place."""
         return self._grad_buffers().take()
 
+    # -- parameters in the gradient's layout (step strategies: inner steps, finite differences, line searches) --
+    def grad_pieces(self) -> list[Tensor]:
+        """The accumulated gradient, laid out entry for entry like `param_pieces()` (one tensor per trainable
+        parameter here); writing into these tensors writes the gradient the optimizer steps with."""
+        self.grads()  # re-adopt any replaced `.grad` into the buffers
+        return [p.grad for p in self._params]  # type: ignore[misc]
+
+    def param_pieces(self) -> list[Tensor]:
+        """This rank's trained (master) parameter values, aligned with `grad_pieces()`: in-place writes change
+        the parameters once `params_written()` has run. The default step never calls this."""
+        return [p.data for p in self._params]
+
+    def params_written(self) -> None:
+        """Make forwards see in-place writes to `param_pieces()` (nothing to do when they are the parameters)."""
+
     # -- step --------------------------------------------------------------------------------------------
     def step(self) -> None:
         """Optimizer step with the update direction the loop wrote into the gradient buffers."""

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from unlearn.directions.gradspace import GradSpace
 from unlearn.train.backend import BACKENDS, OptimizerFactory
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.checkpoint import load_sharded_checkpoint, save_sharded_checkpoint
-from unlearn.train.grad_buffers import GradBuffers, ParamGradBuffers
+from unlearn.train.grad_buffers import GradBuffers, ParamGradBuffers, local
 
 
 def shard_units(model: nn.Module) -> list[nn.Module]:
@@ -107,6 +107,27 @@ class FSDP2Backend(DistributedBackend):
         """Shard the frozen reference like the model; it is only run forward (gathered per layer, then freed)."""
         ref_model = self._prepare(ref_model.requires_grad_(False))
         return self._shard(ref_model, reshard_after_forward=True).eval()
+
+    # -- parameters in the gradient's layout: this rank's dim-0 shards ----------------------------------------
+    def grad_pieces(self) -> list[Tensor]:
+        """The local shards of the (reduce-scattered) gradients; shard i lines up with `param_pieces()[i]`."""
+        return local(self.grads())
+
+    def param_pieces(self) -> list[Tensor]:
+        """The local shards of the sharded parameters: views of the storage FSDP2 all-gathers from (the
+        optimizer steps the same tensors in place)."""
+        return local(list(self._params))
+
+    def params_written(self) -> None:
+        """Free every gathered (unsharded) copy, so the next forward all-gathers the rewritten shards.
+
+        FSDP2 keeps the root unit's parameters gathered after a forward that has no backward (it expects the
+        backward to need them), and a gathered copy is never written back to the shards or refreshed from them.
+        """
+        assert self.model is not None
+        for module in self.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
 
     def _make_buffers(self, params: list[nn.Parameter]) -> GradBuffers:
         """DTensor gradients: one buffer per parameter, zeroed through its local shard (all this rank owns)."""

@@ -36,6 +36,8 @@ from unlearn.train.backend import BACKENDS, OptimizerFactory, warn_if_training_h
 from unlearn.train.backends.dist import DistributedBackend
 from unlearn.train.backends.zero_partitions import (
     GradPieces,
+    MasterState,
+    cut_like,
     grad_pieces,
     loss_scaler_state,
     master_state,
@@ -191,6 +193,7 @@ class DeepSpeedBackend(DistributedBackend):
         self.engine: Any = None
         self.pieces: GradPieces | None = None
         self._pass_grads: list[Tensor] | None = None
+        self._master_state: MasterState | None = None
 
     def autocast_dtype(self) -> torch.dtype | None:
         return None  # the engine runs the module in bf16/fp16 itself and keeps float32 master partitions
@@ -220,6 +223,7 @@ class DeepSpeedBackend(DistributedBackend):
         self.optimizer = engine.basic_optimizer
         self._params = [p for p in engine.module.parameters() if p.requires_grad]
         self.pieces = grad_pieces(engine, self._params)
+        self._master_state = None
         self.space = GradSpace(all_reduce=self._all_reduce_sum if self.pieces.sharded else None)
         return engine
 
@@ -280,6 +284,35 @@ class DeepSpeedBackend(DistributedBackend):
         pieces.clear()
         self._pass_grads = None
         return taken
+
+    # -- parameters in the gradient's layout (step strategies) ---------------------------------------------
+    def _masters(self) -> MasterState:
+        engine, _ = self._require_engine()
+        if self._master_state is None:
+            self._master_state = master_state(engine)
+        return self._master_state
+
+    def grad_pieces(self) -> list[Tensor]:
+        """ZeRO-0: the per-parameter gradients. ZeRO-1/2/3: this pass's gradient partitions, cut to line up with
+        the fp32 master partitions (`cut_like`); writes into them are the update `step()` installs."""
+        if self.zero_stage == 0:
+            return self.grads()
+        return cut_like(self.grads(), self._masters().masters())
+
+    def param_pieces(self) -> list[Tensor]:
+        """ZeRO-0: the parameters themselves (the torch optimizer steps them). ZeRO-1/2/3: this rank's fp32
+        master partitions, the weights the optimizer really updates; the working copy the forward reads (the
+        bit16/fp32 flat groups of ZeRO-1/2, ZeRO-3's `ds_tensor` partitions) is refreshed from them by
+        `params_written()`."""
+        if self.zero_stage == 0:
+            return super().param_pieces()
+        return self._masters().masters()
+
+    def params_written(self) -> None:
+        """Copy the masters into the working parameters as `step()` does (ZeRO-1/2: into this rank's slice,
+        then an all-gather; ZeRO-3: into the partitions, then a re-gather of the persistent parameters)."""
+        if self.zero_stage > 0:
+            self._masters().refresh_model()
 
     # -- step --------------------------------------------------------------------------------------------
     def step(self) -> None:

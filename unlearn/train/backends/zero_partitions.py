@@ -305,6 +305,24 @@ class Stage3Masters(MasterState):
         self.opt.checkpoint_event_epilogue()
 
 
+def cut_like(pieces: list[Tensor], masters: list[Tensor]) -> list[Tensor]:
+    """Gradient pieces cut into views that line up entry for entry with the master partitions.
+
+    ZeRO-1/2 (and bf16 ZeRO-1) already agree: one flat partition per parameter group on both sides. ZeRO-3
+    keeps the whole gradient partition in one buffer, parameters in sub-group order with each parameter's
+    `partition_numel()` entries, which is exactly how `fp32_partitioned_groups_flat[s]` is laid out, sub-group
+    after sub-group: cutting the buffer at the sub-groups' sizes aligns them. Anything else is refused rather
+    than guessed at (a DeepSpeed upgrade that moves these buffers must fail here, not perturb the wrong entries).
+    """
+    sizes = [m.numel() for m in masters]
+    if [t.numel() for t in pieces] == sizes:
+        return [t.view(-1) for t in pieces]
+    if len(pieces) == 1 and pieces[0].numel() == sum(sizes):
+        return list(pieces[0].view(-1).split(sizes))
+    raise RuntimeError(f"ZeRO gradient pieces of sizes {[t.numel() for t in pieces]} do not line up with the "
+                       f"master partitions of sizes {sizes}")
+
+
 # What a dynamic fp16 loss scaler learns while training; the rest of its attributes (scale factor, window,
 # minimum, delayed shift) come from the config. cur_iter and last_overflow_iter decide when the scale next grows,
 # cur_hysteresis how many more overflows it tolerates before it shrinks.

@@ -11,7 +11,8 @@ The scale multiplies the scheduled learning rate of every parameter group from t
 
 The loss fitted is NGDiff's own objective, `f / ||g_f|| + r / ||g_r||` with the norms of this step (its gradient
 is exactly the NGDiff direction), on the step's forget and retain batches, forward only. The extra cost is three
-forwards per refresh step (the loss at theta_old, -d, +d) and one copy of the parameters while they are probed.
+forwards per refresh step (the loss at theta_old, -d, +d) and two copies of this rank's pieces of the parameters
+(its shards or master partitions on sharded backends) while they are probed.
 """
 
 from __future__ import annotations
@@ -60,13 +61,11 @@ class AdaptiveLRStep(DirectionStep):
         self.steps_taken = 0
 
     def supported_backends(self) -> tuple[str, ...]:
-        return ("single", "ddp")
+        # The probes move each rank's pieces of the parameters (StepContext.load_params): every backend.
+        return ("single", "ddp", "fsdp2", "deepspeed")
 
     def describe(self) -> str:
         return "adaptive_lr"
-
-    def backend_hint(self) -> str:
-        return " (the parabola fit perturbs replicated parameters in place)"
 
     def _objective_loss(self, ctx: StepContext, nf: float, nr: float) -> float:
         lf = ctx.loss(ctx.forget_loss, ctx.forget)
@@ -84,7 +83,7 @@ class AdaptiveLRStep(DirectionStep):
         refresh = self.steps_taken % self.every == 0
         row: dict[str, float] = {}
         if refresh:
-            old = [p.detach().clone() for p in ctx.params]
+            old = ctx.save_params()
         lr = ctx.current_lr()
         ctx.backend.step()
         for g, s in zip(opt.param_groups, scheduled, strict=True):  # the scheduler keeps its own values
@@ -99,15 +98,14 @@ class AdaptiveLRStep(DirectionStep):
 
     @torch.no_grad()
     def _refresh(self, ctx: StepContext, old: list[torch.Tensor], nf: float, nr: float) -> dict[str, float]:
-        params = [p.data for p in ctx.params]
-        new = [p.detach().clone() for p in ctx.params]
+        new = ctx.save_params()
         l_plus = self._objective_loss(ctx, nf, nr)
-        torch._foreach_copy_(params, old)
+        ctx.load_params(old)
         l_zero = self._objective_loss(ctx, nf, nr)
         delta = torch._foreach_sub(new, old)
-        torch._foreach_sub_(params, delta)
+        ctx.load_params(old, delta, -1.0)
         l_minus = self._objective_loss(ctx, nf, nr)
-        torch._foreach_copy_(params, new)  # the step taken stays taken: the fit steers the next ones
+        ctx.load_params(new)  # the step taken stays taken: the fit steers the next ones
         a, b, x_star = fit_parabola(l_minus, l_zero, l_plus)
         self.scale = next_scale(self.scale, x_star, self.smoothing)
         return {"fit_a": a, "fit_b": b, "fit_x": math.nan if x_star is None else x_star}

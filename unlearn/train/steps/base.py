@@ -65,12 +65,12 @@ class StepContext:
         return self.u._accumulate(objective, micro)
 
     def gradient(self, objective: Objective, micro: MicroBatches) -> tuple[float, Vector]:
-        """(mean loss, gradient as one fresh tensor per parameter), on backends where `.grad` is per parameter
-        and complete on every rank (one process, DDP after its all-reduce)."""
+        """(mean loss, this rank's gradient as fresh tensors laid out like the parameters it moves): one tensor
+        per parameter in one process and under DDP/ZeRO-0, the local shards under FSDP2, the flat partitions
+        (aligned with the fp32 master partitions) under ZeRO-1/2/3 (`Backend.grad_pieces`)."""
         self.backend.zero_grads()
         loss = self.accumulate(objective, micro)
-        self.backend.grads()  # re-adopt any replaced `.grad` into the buffers
-        return loss, [p.grad.detach().clone() for p in self.params]  # type: ignore[union-attr]
+        return loss, [g.detach().clone() for g in self.backend.grad_pieces()]
 
     def loss(self, objective: Objective, micro: MicroBatches) -> float:
         """The objective's mean over `micro` at the current parameters, without a graph (line searches)."""
@@ -95,16 +95,32 @@ class StepContext:
         return self.space.dots(pairs)
 
     # -- parameters and the update -----------------------------------------------------------------------
+    # Vectors are in the layout of `gradient`: each rank moves its own pieces of the parameters (its shards,
+    # its master partitions) by its own pieces of v, which together move every entry exactly once.
     @torch.no_grad()
     def add_to_params(self, v: Vector, alpha: float) -> None:
-        """theta <- theta + alpha * v (inner steps, finite differences, line searches); replicated backends only."""
-        torch._foreach_add_([p.data for p in self.params], list(v), alpha=alpha)
+        """theta <- theta + alpha * v (inner steps, finite differences, line searches), on every backend."""
+        torch._foreach_add_(self.backend.param_pieces(), list(v), alpha=alpha)
+        self.backend.params_written()
+
+    @torch.no_grad()
+    def save_params(self) -> Vector:
+        """A copy of this rank's pieces of theta (the master weights where the backend keeps them)."""
+        return [p.detach().clone() for p in self.backend.param_pieces()]
+
+    @torch.no_grad()
+    def load_params(self, saved: Vector, v: Vector | None = None, alpha: float = 0.0) -> None:
+        """theta <- saved (+ alpha * v): restores a `save_params` copy bit for bit, or moves from it."""
+        pieces = self.backend.param_pieces()
+        torch._foreach_copy_(pieces, list(saved))
+        if v is not None:
+            torch._foreach_add_(pieces, list(v), alpha=alpha)
+        self.backend.params_written()
 
     @torch.no_grad()
     def write_update(self, u: Vector) -> None:
         """Install `u` as the gradient the optimizer steps with."""
-        self.backend.grads()
-        torch._foreach_copy_([p.grad for p in self.params], list(u))  # type: ignore[misc]
+        torch._foreach_copy_(self.backend.grad_pieces(), list(u))
 
     def current_lr(self) -> float:
         opt = self.backend.optimizer

@@ -10,11 +10,16 @@ Two implementations, each labelled as what it is (`method.step.hvp`):
   gradient hooks do not take part in a second-order `autograd.grad`, so they are refused before anything is
   loaded.
 * `finite_difference`: the central difference `(grad L(theta + e v) - grad L(theta - e v)) / 2e`, with
-  `e = eps / ||v||` so that the perturbation has norm `eps` whatever v's scale. It uses ordinary backward passes
-  (two gradients) and so runs wherever parameters can be perturbed in place and gradients are complete per
-  parameter (one process, DDP). Its error is O(e^2 ||v||^3 * third derivative) plus float rounding of order
-  `unit roundoff * ||g|| / e`; on a quadratic it is exact up to rounding. The parameters are restored from a copy
-  (not by subtracting the perturbation back), so theta is bit-for-bit what it was.
+  `e = eps / ||v||` rounded to the nearest power of two, so that the perturbation has norm within a factor
+  sqrt(2) of `eps` whatever v's scale, and `e * v` is exact in floating point: the perturbed parameters are
+  `theta + e v` rounded once, the same numbers however `||v||` was summed (one process, or per-rank pieces).
+  It uses ordinary backward passes (two gradients) and so runs on every backend: each rank perturbs its own
+  pieces of the parameters (the replicated parameters under DDP and ZeRO-0, the local shards under FSDP2, the
+  fp32 master partitions under ZeRO-1/2/3, from which the working copy is refreshed) by its own pieces of v
+  (`StepContext.load_params`), and gets back its pieces of the gradient. Its error is O(e^2 ||v||^3 * third
+  derivative) plus float rounding of order `unit roundoff * ||g|| / e`; on a quadratic it is exact up to
+  rounding. The parameters are restored from a copy (not by subtracting the perturbation back), so theta is
+  bit-for-bit what it was.
 """
 
 from __future__ import annotations
@@ -50,23 +55,26 @@ def exact_hvp(ctx: StepContext, objective: Objective, micro: MicroBatches, v: Ve
 
 def finite_difference_hvp(ctx: StepContext, objective: Objective, micro: MicroBatches, v: Vector,
                           eps: float) -> Vector:
-    """Central difference of two gradients at theta +- e v, e = eps / ||v|| (any replicated backend)."""
+    """Central difference of two gradients at theta +- e v, e = eps / ||v|| rounded to a power of two (every
+    backend: v, theta and the gradients are this rank's pieces, in the same layout)."""
     (vv,) = ctx.dots([(v, v)])
     norm = math.sqrt(max(vv, 0.0))
     if norm == 0.0 or not math.isfinite(norm):
         return [torch.zeros_like(x) for x in v]
-    e = eps / norm
-    saved = [p.detach().clone() for p in ctx.params]
+    e = fd_step(eps, norm)
+    saved = ctx.save_params()
     try:
-        ctx.add_to_params(v, e)
+        ctx.load_params(saved, v, e)
         _, g_plus = ctx.gradient(objective, micro)
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in ctx.params], saved)
-        ctx.add_to_params(v, -e)
+        ctx.load_params(saved, v, -e)
         _, g_minus = ctx.gradient(objective, micro)
     finally:
-        with torch.no_grad():
-            torch._foreach_copy_([p.data for p in ctx.params], saved)
+        ctx.load_params(saved)
     torch._foreach_sub_(g_plus, g_minus)
     torch._foreach_mul_(g_plus, 1.0 / (2.0 * e))
     return g_plus
+
+
+def fd_step(eps: float, norm: float) -> float:
+    """`eps / norm` rounded to the nearest power of two (in log scale): multiplying by it is exact."""
+    return 2.0 ** round(math.log2(eps / norm))

@@ -38,6 +38,12 @@ def _number(name: str, value: Any, minimum: float, strict: bool = False) -> floa
     return float(value)
 
 
+def _finite(x: float) -> bool:
+    """The inner updates move the weights outside the optimizer, so they skip a non-finite w themselves: under
+    fp16 an overflowed gradient must leave the weights untouched, as DeepSpeed's step does when it skips."""
+    return math.isfinite(x)
+
+
 @STEPS.register("ofmu")
 class OFMUStep(StepStrategy):
     """One OFMU iteration per optimizer step: T inner steps on Psi, then the penalised outer step."""
@@ -65,15 +71,16 @@ class OFMUStep(StepStrategy):
         self.steps_taken = 0
 
     def supported_backends(self) -> tuple[str, ...]:
-        return ("single",) if self.hvp == "exact" else ("single", "ddp")
+        # Finite differences and the inner steps move each rank's pieces of the parameters: every backend.
+        return ("single",) if self.hvp == "exact" else ("single", "ddp", "fsdp2", "deepspeed")
 
     def describe(self) -> str:
         return f"ofmu (method.step.hvp={self.hvp})"
 
     def backend_hint(self) -> str:
-        if self.hvp == "exact":
-            return " (double backward; method.step.hvp=finite_difference also runs on ddp)"
-        return " (parameters are perturbed in place: sharded backends are not supported)"
+        # Only the exact mode is ever refused.
+        return (" (double backward does not pass through DDP's reducer, FSDP2's sharded parameters or DeepSpeed's "
+                "gradient hooks; method.step.hvp=finite_difference runs on every backend)")
 
     @property
     def rho(self) -> float:
@@ -102,7 +109,7 @@ class OFMUStep(StepStrategy):
             loss_f, g_f = ctx.gradient(ctx.forget_loss, ctx.forget)
             loss_r, g_r = ctx.gradient(ctx.retain_loss, ctx.retain)
             w, stats = self.grad_psi(ctx, g_f, g_r)
-            if t < self.inner_steps - 1:
+            if t < self.inner_steps - 1 and _finite(ctx.dots([(w, w)])[0]):
                 ctx.add_to_params(w, -self.inner_lr)
         # Outer direction at the last inner iterate (before its own inner update is applied).
         u = [g.clone() for g in g_r]
@@ -113,7 +120,8 @@ class OFMUStep(StepStrategy):
         if ctx.max_grad_norm > 0 and norm_u > ctx.max_grad_norm:  # clipping acts on u, as in the direction step
             torch._foreach_mul_(u, ctx.max_grad_norm / norm_u)
             fu, ru, norm_u = (x * ctx.max_grad_norm / norm_u for x in (fu, ru, norm_u))
-        ctx.add_to_params(w, -self.inner_lr)
+        if _finite(ww):
+            ctx.add_to_params(w, -self.inner_lr)
         ctx.write_update(u)
         lr = ctx.optimizer_step()
         self.steps_taken += 1
