@@ -25,8 +25,8 @@ def test_every_method_gets_a_grid_of_the_same_size() -> None:
     names = [name for name, _ in grid_runs(list(GRID))]
     assert len(set(names)) == len(names)
     name, overrides = grid_runs(["rmu"])[0]
-    assert name == "rmu_lr0.0005_alpha100_s0"
-    assert overrides == ["benchmark=wmdp_mini", "method=rmu", "seed=0", "optimizer.lr=0.0005",
+    assert name == "rmu_lr0.001_alpha100_s0"
+    assert overrides == ["benchmark=wmdp_mini", "method=rmu", "seed=0", "optimizer.lr=0.001",
                          "method.direction.lam=100.0"]
 
 
