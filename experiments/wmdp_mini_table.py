@@ -3,7 +3,7 @@
     python -m experiments.wmdp_mini_table grid                 # the declared grid for rmu and blur_rmu, seed 0
     python -m experiments.wmdp_mini_table table                # Original + methods x seeds 0 1 2, mean ± std
 
-`grid` runs every point of `GRID` (the same number of points for every method: the three learning rates `LRS` x three
+`grid` runs every point of `GRID` (the same number of points for every method: the two learning rates `LRS` x three
 values of the method's own hyper-parameter) on world 0 with seed 0 into outputs/tables/wmdp_mini_grid/, and picks
 one point per method by `RULE` (unlearn/report/select.py, the rule the TOFU selection uses): the lowest mean
 bio/cyber accuracy among the points whose general accuracy is at least 0.9 x the target's (if none is, the point
@@ -34,8 +34,9 @@ DIAGNOSTICS = ["cos_fr", "A_f", "A_r"]
 
 #: Learning rates of the grid (the same for every method), declared from the untuned measurements (seed 0, 60 steps
 #: of 8): RMU forgot nothing at 1e-3 and collapsed every topic at 1e-2; BLUR-RMU at 1e-3, gamma 0.01 forgot both
-#: topics but lost general accuracy (0.42), hence its gammas below 0.01.
-LRS = [1.0e-3, 2.0e-3, 5.0e-3]
+#: topics but lost general accuracy (0.42), hence its gammas below 0.01. (5e-3 was declared first and dropped for
+#: both methods before any blur_rmu point ran: on the shared, loaded cores one run took 100-330 s.)
+LRS = [1.0e-3, 2.0e-3]
 #: Per method: (config key, short name, values) of its own hyper-parameter on the grid.
 GRID: dict[str, tuple[str, str, list[float]]] = {
     "rmu": ("method.direction.lam", "alpha", [100.0, 1200.0, 10000.0]),
