@@ -10,7 +10,7 @@ bio/cyber accuracy among the points whose general accuracy is at least 0.9 x the
 with the highest general accuracy). The chosen points go into configs/recipe/wmdp_mini/<method>.yaml by hand.
 
 `table` runs each method at its configured settings (the recipes) for each seed into outputs/tables/wmdp_mini/
-<method>_s<seed>/ and writes outputs/tables/wmdp_mini.md / .csv: accuracies and the per-run means of the
+<method>_s<seed>/ and writes outputs/tables/wmdp_mini.md / .csv: accuracies and the per-run medians of the
 diagnostics cos(g_f, g_r), A_f, A_r. The seed is the unlearning seed (data order and RMU's v); world and target are
 fixed. Finished runs are skipped in both modes, so an interrupted grid resumes.
 """
@@ -112,8 +112,8 @@ def run_table_mode(args: argparse.Namespace) -> None:
     results = results[results["method"].isin(args.methods) & results["seed"].isin(args.seeds)]
     refs = results[results["model"] == "Original"].drop_duplicates(["seed", "model"])
     runs_only = results[results["model"] == results["method"]].copy()
-    for col in DIAGNOSTICS:  # per run: the mean over its steps
-        runs_only[col] = [pd.read_csv(root / r / "diagnostics.csv")[col].mean() for r in runs_only["run"]]
+    for col in DIAGNOSTICS:  # per run: the median over steps (a near-zero gradient blows A_f, A_r up)
+        runs_only[col] = [pd.read_csv(root / r / "diagnostics.csv")[col].median() for r in runs_only["run"]]
     runs_only["A_f<0"] = [(pd.read_csv(root / r / "diagnostics.csv")["A_f"] < 0).mean() for r in runs_only["run"]]
     table = mean_std_table(pd.concat([refs, runs_only]), by=["model"], metrics=[*METRICS, *DIAGNOSTICS, "A_f<0"])
     table = table.reindex([m for m in ["Original", *args.methods] if m in table.index])
