@@ -167,7 +167,7 @@ QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
 }
 PROTOCOLS = {
     # With `--jobs 2` on 2 CPU cores this fits 90 minutes only with the TOFU worlds' models cached (71 min measured);
-    # from an empty cache it does not (about 2 h; README "Reproducing tables" has both measurements):
+    # from an empty cache it does not (about 2 h, extrapolated; README "Reproducing tables" has both measurements):
     # paper-setting rows on 3 held-out worlds x 3 seeds (seed 0 with trajectories), tuning on forget10 of the
     # development world (evaluated every 2 epochs), tuned rows on the 3 held-out worlds x seed 0.
     "full": Protocol("full", ("benchmark=tofu_mini", *RELEARN), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
