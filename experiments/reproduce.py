@@ -9,8 +9,10 @@ Protocol (issue 10; the selection rule is `unlearn.report.select`, the same for 
 2. **Tuning**: on the development world, every method's declared grid (`GRIDS`: its own hyper-parameter and the
    learning rate, the *same number of points for every method*) with `eval.every=1`; a candidate is a grid point
    at one epoch; `SelectionRule` picks one per method.
-3. **Tuned**: the chosen grid point on the held-out worlds x seeds, read at the chosen epoch of each trajectory.
-   The choice is never revisited on held-out worlds.
+3. **Tuned**: the chosen grid point on the held-out worlds x seeds, run for the chosen number of epochs (with the
+   constant learning rate the protocol requires, a run stopped after e epochs is the first e epochs of a longer one,
+   so this is the model the development world's trajectory was read at; it is evaluated and attacked like any final
+   model). The choice is never revisited on held-out worlds.
 Plus, on the development world, a BLUR-NPO gamma x beta sweep (the heatmap, Fig. C.7).
 
 Every run is one directory under `<out>/runs/<split>/w<world>/<method>/<grid point>_s<seed>`, named by what it
@@ -41,7 +43,7 @@ from unlearn.evals.base import read_items
 from unlearn.report import figures
 from unlearn.report.aggregate import aggregate, format_table, order_models
 from unlearn.report.collect import collect, collect_diagnostics, collect_trajectories, reference_rows
-from unlearn.report.select import SelectionRule, add_utility_ratio, apply_selection, select
+from unlearn.report.select import SelectionRule, add_utility_ratio, select
 from unlearn.report.table import to_markdown
 
 PAPER_DIR = Path(__file__).resolve().parent / "paper"
@@ -58,10 +60,11 @@ LR_KEY = "optimizer.lr"
 class Protocol:
     """What to run: benchmark overrides, splits, worlds, seeds, methods and each method's grid.
 
-    The cost knobs (how the full protocol fits its time budget; README "Reproducing tables"):
-    `eval_every` epochs between trajectory evaluations; `traj_seeds` the held-out paper-setting seeds that record
-    a trajectory (the others are evaluated once, at the end); `tuned_seeds` the held-out seeds of the tuned rows;
-    `tune_splits` the splits that are tuned (and get tuned rows); the heatmap runs on the last split only."""
+    The cost knobs (README "Reproducing tables"): `eval_every` epochs between trajectory evaluations; `traj_seeds`
+    and `traj_splits` the held-out paper-setting runs that record a trajectory for the figures (the others are
+    evaluated once, at the end; development-world runs always record one, selection reads them); `tuned_seeds` the
+    held-out seeds of the tuned rows; `tune_splits` the splits that are tuned (and get tuned rows); the heatmap runs
+    on the last split only."""
 
     name: str
     overrides: tuple[str, ...]
@@ -74,20 +77,23 @@ class Protocol:
     heatmap: Mapping[str, Sequence[float]] = field(default_factory=dict)  # blur_npo gamma x beta, dev world
     eval_every: int = 1
     traj_seeds: tuple[int, ...] | None = None  # None: every seed
+    traj_splits: tuple[str, ...] | None = None  # None: every split
     tuned_seeds: tuple[int, ...] | None = None  # None: every seed
     tune_splits: tuple[str, ...] | None = None  # None: every split
     tables: tuple[str, ...] = ()  # other benchmarks' tables (TABLES)
 
     def __post_init__(self) -> None:
-        if self.tuned_seeds is not None and self.traj_seeds is not None and not set(self.tuned_seeds) <= set(
-                self.traj_seeds):  # a tuned row at the configured point reads the paper run's trajectory
-            raise ValueError(f"tuned_seeds {self.tuned_seeds} must be among traj_seeds {self.traj_seeds}")
         if not set(self.tuned) <= set(self.splits):
             raise ValueError(f"tune_splits {self.tune_splits} must be among splits {self.splits}")
+        if self.traj_splits is not None and not set(self.traj_splits) <= set(self.splits):
+            raise ValueError(f"traj_splits {self.traj_splits} must be among splits {self.splits}")
 
-    def records_trajectory(self, world: int, seed: int, point: Mapping[str, float]) -> bool:
-        """Dev-world runs and tuned runs always do (selection reads them); held-out paper runs for traj_seeds."""
-        return world == self.dev_world or bool(point) or self.traj_seeds is None or seed in self.traj_seeds
+    def records_trajectory(self, split: str, world: int, seed: int, paper: bool = True) -> bool:
+        """Dev-world runs always do (selection reads them); held-out paper-settings runs for traj_seeds x
+        traj_splits (the figures); held-out tuned runs never (their rows are their final models)."""
+        return world == self.dev_world or (paper and (
+            (self.traj_seeds is None or seed in self.traj_seeds)
+            and (self.traj_splits is None or split in self.traj_splits)))
 
     @property
     def tuned(self) -> tuple[str, ...]:
@@ -166,14 +172,14 @@ QUICK_GRIDS: dict[str, dict[str, list[float]]] = {
     "blur_npo": {"method.direction.gamma": [0.5, 1.0]},
 }
 PROTOCOLS = {
-    # With `--jobs 2` on 2 CPU cores this fits 90 minutes only with the TOFU worlds' models cached (71 min measured);
-    # from an empty cache it does not (about 2 h, extrapolated; README "Reproducing tables" has both measurements):
-    # paper-setting rows on 3 held-out worlds x 3 seeds (seed 0 with trajectories), tuning on forget10 of the
-    # development world (evaluated every 2 epochs), tuned rows on the 3 held-out worlds x seed 0.
+    # What it costs on 2 CPU cores is measured in README "Reproducing tables": paper-setting rows on 3 held-out
+    # worlds x 3 seeds (forget10 seed 0 with trajectories, for the figures), tuning on forget10 of the development
+    # world (evaluated every 2 epochs), tuned rows on the 3 held-out worlds x seed 0, run to the chosen epoch.
     "full": Protocol("full", ("benchmark=tofu_mini", *RELEARN), ("forget05", "forget10"), dev_world=0, worlds=(1, 2, 3),
                      seeds=(0, 1, 2), dev_seeds=(0,), grids=FULL_GRIDS,
                      heatmap={"method.direction.gamma": [0.5, 1.0, 2.0], "method.forget.beta": [0.05, 0.1, 0.2]},
-                     eval_every=2, traj_seeds=(0,), tuned_seeds=(0,), tune_splits=("forget10",),
+                     eval_every=2, traj_seeds=(0,), traj_splits=("forget10",), tuned_seeds=(0,),
+                     tune_splits=("forget10",),
                      tables=("muse_mini", "wmdp_mini")),
     "quick": Protocol("quick", ("benchmark=tofu_micro", *RELEARN), ("forget10",), dev_world=0, worlds=(1,), seeds=(0,),
                       dev_seeds=(0,), grids=QUICK_GRIDS,
@@ -208,13 +214,20 @@ def point_overrides(point: Mapping[str, float], base_lr: float) -> list[str]:
 
 
 def _run(proto: Protocol, split: str, world: int, method: str, point: Mapping[str, float], seed: int,
-         base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str]) -> tuple[str, list[str]]:
-    name = f"{split}/w{world}/{method}/{point_name(point, defaults[method])}_s{seed}"
-    tuned = point_name(point, defaults[method]) != "paper"
-    every = proto.eval_every if proto.records_trajectory(world, seed, point if tuned else {}) else 0
-    return name, [*proto.overrides, f"method={method}", f"benchmark.forget_split={split}",
-                  f"benchmark.world.seed={world}", f"seed={seed}", f"eval.every={every}",
-                  *point_overrides(point, base_lr), *extra]
+         base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str],
+         epochs: float | None = None) -> tuple[str, list[str]]:
+    """One run's name and overrides; `epochs` (a tuned run stopped at the chosen epoch) is in both, and such a run
+    records no trajectory."""
+    point_dir = point_name(point, defaults[method])
+    stop: list[str] = []
+    if epochs is not None:
+        point_dir = f"{point_dir},epochs={epochs:g}"
+        stop = [f"trainer.epochs={epochs:g}"]
+    paper = point_dir == "paper"
+    every = proto.eval_every if epochs is None and proto.records_trajectory(split, world, seed, paper) else 0
+    return f"{split}/w{world}/{method}/{point_dir}_s{seed}", [
+        *proto.overrides, f"method={method}", f"benchmark.forget_split={split}", f"benchmark.world.seed={world}",
+        f"seed={seed}", f"eval.every={every}", *point_overrides(point, base_lr), *extra, *stop]
 
 
 def plan_runs(proto: Protocol, base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str]
@@ -244,12 +257,41 @@ def plan_runs(proto: Protocol, base_lr: float, defaults: Mapping[str, Mapping[st
     return list(runs.items())
 
 
+def check_prefix_schedule(cfg: Mapping[str, Any]) -> int:
+    """The configured number of unlearning epochs, after checking that a run stopped early is a prefix of a longer
+    one: a constant learning rate without warmup (a warmup or a decay is spread over the total steps) and no
+    `trainer.max_steps`. A tuned run stopped at the chosen epoch relies on it."""
+    opt, trainer = cfg["optimizer"], cfg["trainer"]
+    if opt.get("scheduler", "constant") != "constant" or float(opt.get("warmup_ratio") or 0.0) != 0.0:
+        raise ValueError("optimizer.scheduler/warmup_ratio: the protocol stops tuned runs at the chosen epoch, which "
+                         "is the chosen checkpoint only with a constant learning rate and no warmup; got "
+                         f"scheduler={opt.get('scheduler')!r}, warmup_ratio={opt.get('warmup_ratio')!r}")
+    if trainer.get("max_steps"):
+        raise ValueError("trainer.max_steps: the protocol counts unlearning in epochs; leave max_steps unset")
+    epochs = float(trainer["epochs"])
+    if not epochs.is_integer():
+        raise ValueError(f"trainer.epochs: the protocol needs a whole number of epochs, got {epochs}")
+    return int(epochs)
+
+
+def tuned_epochs(epoch: float, full: int) -> float | None:
+    """The `epochs` of a tuned run read at `epoch`: None (the full run) at the last epoch."""
+    return None if float(epoch) >= full else float(epoch)
+
+
 def tuned_runs(proto: Protocol, chosen: pd.DataFrame, base_lr: float, defaults: Mapping[str, Mapping[str, Any]],
-               extra: Sequence[str]) -> list[tuple[str, list[str]]]:
-    """The chosen grid point of every method on every held-out world x seed."""
+               extra: Sequence[str], full_epochs: int) -> list[tuple[str, list[str]]]:
+    """The chosen grid point of every method on every held-out world x tuned seed, stopped at the chosen epoch (at
+    the last epoch and the configured point, that is the paper-settings run itself)."""
     seeds = proto.seeds if proto.tuned_seeds is None else proto.tuned_seeds
-    return [_run(proto, row.split, world, row.method, json.loads(row.point), seed, base_lr, defaults, extra)
-            for row in chosen.itertuples(index=False) for world in proto.worlds for seed in seeds]
+    out = []
+    for row in chosen.itertuples(index=False):
+        stop = tuned_epochs(row.epoch, full_epochs)
+        for world in proto.worlds:
+            for seed in seeds:
+                out.append(_run(proto, row.split, world, row.method, json.loads(row.point), seed, base_lr,
+                                defaults, extra, epochs=stop))
+    return out
 
 
 def _point_of(run: str) -> str:
@@ -284,10 +326,16 @@ def run_diagnostics(diag: pd.DataFrame, runs: pd.Series) -> pd.DataFrame:
     return diag[diag["run"].isin(runs)].groupby("run")[[c for c in DIAGNOSTICS if c in diag]].median()
 
 
-def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, split: str,
-                metrics: Sequence[str], diag: pd.DataFrame | None = None) -> pd.DataFrame:
+def tuned_point_dir(row: Any, full_epochs: int) -> str:
+    """The run-directory point name of a chosen (point, epoch) on the held-out worlds (`tuned_runs` names)."""
+    stop = tuned_epochs(row.epoch, full_epochs)
+    return row.point_name if stop is None else f"{row.point_name},epochs={stop:g}"
+
+
+def split_table(frame: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, split: str, metrics: Sequence[str],
+                full_epochs: int, diag: pd.DataFrame | None = None) -> pd.DataFrame:
     """Original/Retain, every method at paper settings (final epoch, with its run's median diagnostics), every
-    method tuned (chosen epoch), held-out worlds only."""
+    method tuned (its runs stopped at the chosen epoch, tuned seeds), held-out worlds only."""
     held = frame[(frame["split"] == split) & frame["world"].isin(proto.worlds)].copy()
     held["point_name"] = held["run"].map(_point_of)
     refs = reference_rows(held).assign(row=lambda f: f["model"])
@@ -295,12 +343,11 @@ def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, p
     if diag is not None and len(paper):
         paper = paper.join(run_diagnostics(diag, paper["run"]), on="run")
     parts = [refs, paper]
-    pick = chosen[chosen["split"] == split]
-    if not pick.empty:
-        pts = traj[(traj["split"] == split) & traj["world"].isin(proto.worlds)].copy()
-        pts["point_name"] = pts["run"].map(_point_of)
-        tuned = apply_selection(pts, pick, ["point_name", "epoch"])
-        parts.append(tuned.assign(row=lambda f: f["method"] + " (tuned)"))
+    seeds = proto.seeds if proto.tuned_seeds is None else proto.tuned_seeds
+    for row in chosen[chosen["split"] == split].itertuples(index=False):
+        tuned = held[(held["kind"] == "method") & (held["method"] == row.method) & held["seed"].isin(seeds)
+                     & (held["point_name"] == tuned_point_dir(row, full_epochs))]
+        parts.append(tuned.assign(row=f"{row.method} (tuned)"))
     rows = pd.concat(parts, ignore_index=True)
     if "relearn_forget_prob" in rows.columns:
         rows["relearn_recovery"] = relearn_recovery(rows)
@@ -313,8 +360,7 @@ def split_table(frame: pd.DataFrame, traj: pd.DataFrame, chosen: pd.DataFrame, p
 def relearn_recovery(rows: pd.DataFrame, metric: str = "forget_prob") -> pd.Series:
     """The share of what unlearning removed that the relearning attack brings back, per run:
     `(relearn_m - m) / (m_Original - m)` with the Original (target) of the same world; 0 = nothing comes back,
-    1 = back to the target. NaN for reference rows and for tuned rows read at an earlier epoch (the attack runs
-    on the final model only)."""
+    1 = back to the target. NaN for reference rows and for runs without the attack."""
     original = rows[rows["model"] == "Original"].drop_duplicates("world").set_index("world")[metric]
     out = (rows[f"relearn_{metric}"] - rows[metric]) / (rows["world"].map(original) - rows[metric])
     return out.where(rows["kind"] == "method")
@@ -372,7 +418,8 @@ def benchmark_table(frame: pd.DataFrame, diag: pd.DataFrame, table: BenchmarkTab
 
 
 def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, defaults: Mapping[str, Any],
-                 command: str, timing: str, budget: int, tables: Sequence[BenchmarkTable] = ()) -> Path:
+                 command: str, timing: str, budget: int, full_epochs: int,
+                 tables: Sequence[BenchmarkTable] = ()) -> Path:
     everything = collect(root)
     # Runs are told apart by their directory (`<split>/...` TOFU, `<benchmark>/...` the other tables): a micro
     # benchmark records the name of the benchmark it shrinks (`benchmark.name: tofu_mini`).
@@ -390,13 +437,13 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
              "over-forgetting, < 0 under-forgetting (docs/metrics.md#signed-log-truth-ratio).", "",
              f"Selection rule: {rule.describe()}.", ""]
     for split in proto.splits:
-        agg = split_table(frame, traj, chosen, proto, split, [*metrics, *DIAGNOSTICS], diag_all)
+        agg = split_table(frame, chosen, proto, split, [*metrics, *DIAGNOSTICS], full_epochs, diag_all)
         agg.to_csv(out / f"table_{split}.csv")
         md = to_markdown(format_table(agg, [*metrics, *DIAGNOSTICS]))
         (out / f"table_{split}.md").write_text(md + "\n")
         lines += [f"## TOFU (embedded, {proto.overrides[0].split('=')[1]}) {split}", "", md, "",
-                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack; final "
-                  "models only, so a tuned row read at an earlier epoch has none); `relearn_recovery`: the share of "
+                  "`relearn_*`: after 10 steps of fine-tuning on half the forget set (the relearning attack, on "
+                  "every final model; a tuned row's runs stop at the chosen epoch); `relearn_recovery`: the share of "
                   "the forget-set probability removed by unlearning that the attack brings back (0: none, 1: all). "
                   "`cos_fr`, `A_f`, `A_r` (paper-settings rows): each run's median over its steps of cos(g_f, g_r) "
                   "and of the rates <g_f, u>/||g_f||^2 and <g_r, u>/||g_r||^2 at which the update descends the "
@@ -507,7 +554,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     cpu0 = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                for f in ("ru_utime", "ru_stime"))
-    base_lr = float(compose_cfg([*proto.overrides, *args.override])["optimizer"]["lr"])
+    base_cfg = compose_cfg([*proto.overrides, *args.override])
+    base_lr = float(base_cfg["optimizer"]["lr"])
+    full_epochs = check_prefix_schedule(base_cfg)
     defaults = method_defaults(proto, args.override)
     runs = plan_runs(proto, base_lr, defaults, args.override)
     print(f"[reproduce] {proto.name}: {len(runs)} runs before selection (finished ones are skipped) -> {root}")
@@ -518,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = [TABLES[n] for n in names]
     ran = run_grid(runs, root, jobs=args.jobs)
     chosen = selection(proto, collect_trajectories(root), rule, defaults)
-    tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override)
+    tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override, full_epochs)
     print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
     ran += run_grid(tuned, root, jobs=args.jobs)
     others = [r for t in tables for r in t.runs(args.override)]
@@ -540,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(log) > 1:  # a resumed protocol: what all invocations into this directory took together
         timing += (f"; all {len(log)} invocations into {out}: {sum(e['wall_seconds'] for e in log) / 60:.1f} min wall, "
                    f"{sum(e.get('cpu_seconds', 0.0) for e in log) / 60:.1f} CPU-min, {sum(e['ran'] for e in log)} runs")
-    report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget, tables)
+    report = write_report(root, out, proto, rule, defaults, command.strip(), timing, budget, full_epochs, tables)
     print(report.read_text())
     print(f"[reproduce] {report} ({wall / 60:.1f} min)")
     return 0

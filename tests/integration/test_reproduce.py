@@ -47,18 +47,42 @@ def test_full_protocol_records_trajectories_where_selection_reads_them() -> None
     assert all(e == "eval.every=2" for n, e in every.items() if "/w0/" in n)
     assert not any(n.startswith("forget05/w0/") for n in runs)
     assert "forget10/w0/npo/beta=0.05,lr=x2_s0" in runs and "forget10/w0/blur_npo/gamma=2,beta=0.2_s0" in runs
-    # Held-out paper runs: seed 0 records a trajectory (figures, tuned rows at the configured point), 1-2 do not.
-    assert every["forget05/w3/npo/paper_s0"] == "eval.every=2" and every["forget05/w3/npo/paper_s2"] == "eval.every=0"
+    # Held-out paper runs: forget10 seed 0 records a trajectory (the figures); the others are evaluated at the end.
+    assert every["forget10/w3/npo/paper_s0"] == "eval.every=2" and every["forget10/w3/npo/paper_s2"] == "eval.every=0"
+    assert every["forget05/w3/npo/paper_s0"] == "eval.every=0"
     held = [n for n in runs if "/w0/" not in n]
-    assert len(held) == 8 * 2 * 3 * 3 and all(n.endswith("paper_s0") or "paper_s" in n for n in held)
+    assert len(held) == 8 * 2 * 3 * 3 and all("/paper_s" in n for n in held)
     # 8 methods x 4 grid points + the heatmap's 7 points not already on blur_npo's grid
     assert len(runs) - len(held) == 8 * 4 + 7
-    chosen = pd.DataFrame([{"split": "forget10", "method": "npo", "point": '{"method.forget.beta": 0.05}'}])
-    tuned = dict(R.tuned_runs(proto, chosen, 1e-4, defaults, []))
-    assert sorted(tuned) == [f"forget10/w{w}/npo/beta=0.05_s0" for w in (1, 2, 3)]
-    assert all("eval.every=2" in ov for ov in tuned.values())
-    with pytest.raises(ValueError, match="must be among traj_seeds"):
-        R.Protocol("x", (), ("forget10",), 0, (1,), (0, 1), (0,), {}, traj_seeds=(0,), tuned_seeds=(1,))
+    # Tuned rows: the chosen point run to the chosen epoch on every held-out world (seed 0), no trajectory; at the
+    # last epoch the full run, and at the configured point that is the paper-settings run itself.
+    chosen = pd.DataFrame([
+        {"split": "forget10", "method": "npo", "point": '{"method.forget.beta": 0.05}', "epoch": 4.0},
+        {"split": "forget10", "method": "ga", "point": '{"optimizer.lr": 2.0}', "epoch": 10.0},
+        {"split": "forget10", "method": "simnpo", "point": '{"optimizer.lr": 1.0}', "epoch": 10.0}])
+    tuned = dict(R.tuned_runs(proto, chosen, 1e-4, defaults, [], full_epochs=10))
+    assert sorted(tuned) == sorted([f"forget10/w{w}/npo/beta=0.05,epochs=4_s0" for w in (1, 2, 3)]
+                                   + [f"forget10/w{w}/ga/lr=x2_s0" for w in (1, 2, 3)]
+                                   + [f"forget10/w{w}/simnpo/paper_s0" for w in (1, 2, 3)])
+    stopped = tuned["forget10/w1/npo/beta=0.05,epochs=4_s0"]
+    assert "trainer.epochs=4" in stopped and "eval.every=0" in stopped and "method.forget.beta=0.05" in stopped
+    assert "eval.every=0" in tuned["forget10/w1/ga/lr=x2_s0"] and not any("trainer.epochs" in o for o in
+                                                                           tuned["forget10/w1/ga/lr=x2_s0"])
+    # The configured point at the last epoch is the paper-settings run (the same directory, its trajectory kept).
+    paper = "forget10/w2/simnpo/paper_s0"
+    assert [o for o in tuned[paper] if o.startswith("eval.")] == [o for o in runs[paper] if o.startswith("eval.")] \
+        == ["eval.every=2"]
+    with pytest.raises(ValueError, match="traj_splits"):
+        R.Protocol("x", (), ("forget10",), 0, (1,), (0, 1), (0,), {}, traj_splits=("forget05",))
+
+
+def test_tuned_runs_need_a_schedule_whose_prefix_is_a_shorter_run() -> None:
+    cfg = R.compose_cfg(["benchmark=tofu_micro"])
+    assert R.check_prefix_schedule(cfg) == int(cfg.trainer.epochs)
+    for override, key in (("optimizer.scheduler=cosine", "scheduler"), ("optimizer.warmup_ratio=0.1", "warmup"),
+                          ("trainer.max_steps=5", "max_steps"), ("trainer.epochs=2.5", "whole number")):
+        with pytest.raises(ValueError, match=key):
+            R.check_prefix_schedule(R.compose_cfg(["benchmark=tofu_micro", override]))
 
 
 def test_relearn_recovery_by_hand() -> None:

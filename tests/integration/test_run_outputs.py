@@ -69,3 +69,20 @@ def test_bad_schedule_fails_before_anything_runs(micro_cache_dir: Path, tmp_path
     with pytest.raises(ConfigError, match=bad.split("=")[0]):
         run_experiment(micro_cfg(micro_cache_dir, bad), tmp_path / "run", console_print=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_shorter_run_is_a_prefix_of_a_longer_one(micro_cache_dir: Path, tmp_path: Path) -> None:
+    """With a constant learning rate, a run stopped after e epochs is the longer run's model at epoch e: the
+    reproduce protocol runs a tuned row to its chosen epoch instead of reading it off a trajectory
+    (experiments/reproduce.py, `check_prefix_schedule`)."""
+    common = ["method=blur_npo", "trainer.batch_size=4"]
+    short = run_experiment(micro_cfg(micro_cache_dir, *common, "trainer.epochs=1"), tmp_path / "short",
+                           console_print=False)
+    run_experiment(micro_cfg(micro_cache_dir, *common, "trainer.epochs=2", "eval.every=1"), tmp_path / "long",
+                   console_print=False)
+    rows = {r["epoch"]: r for r in read_trajectory(tmp_path / "long" / "trajectory.jsonl")}
+    assert set(rows) == {0, 1, 2}
+    keys = [k for k in metrics(short) if k in rows[1] and not k.startswith("relearn_")]
+    assert "forget_quality" in keys and "model_utility" in keys
+    assert {k: rows[1][k] for k in keys} == {k: short[k] for k in keys}
+    assert rows[2]["forget_prob"] != rows[1]["forget_prob"]  # the second epoch did change the model
