@@ -96,6 +96,10 @@ class Protocol:
             and (self.traj_splits is None or split in self.traj_splits)))
 
     @property
+    def tuned_seed_list(self) -> tuple[int, ...]:
+        return self.seeds if self.tuned_seeds is None else self.tuned_seeds
+
+    @property
     def tuned(self) -> tuple[str, ...]:
         return self.splits if self.tune_splits is None else self.tune_splits
 
@@ -213,16 +217,18 @@ def point_overrides(point: Mapping[str, float], base_lr: float) -> list[str]:
     return [f"{k}={v * base_lr:g}" if k == LR_KEY else f"{k}={v:g}" for k, v in point.items()]
 
 
+def stopped_dir(point_dir: str, epochs: float | None) -> str:
+    """A grid point's directory name, with `,epochs=e` for a run stopped at epoch e."""
+    return point_dir if epochs is None else f"{point_dir},epochs={epochs:g}"
+
+
 def _run(proto: Protocol, split: str, world: int, method: str, point: Mapping[str, float], seed: int,
          base_lr: float, defaults: Mapping[str, Mapping[str, Any]], extra: Sequence[str],
          epochs: float | None = None) -> tuple[str, list[str]]:
     """One run's name and overrides; `epochs` (a tuned run stopped at the chosen epoch) is in both, and such a run
     records no trajectory."""
-    point_dir = point_name(point, defaults[method])
-    stop: list[str] = []
-    if epochs is not None:
-        point_dir = f"{point_dir},epochs={epochs:g}"
-        stop = [f"trainer.epochs={epochs:g}"]
+    point_dir = stopped_dir(point_name(point, defaults[method]), epochs)
+    stop = [] if epochs is None else [f"trainer.epochs={epochs:g}"]
     paper = point_dir == "paper"
     every = proto.eval_every if epochs is None and proto.records_trajectory(split, world, seed, paper) else 0
     return f"{split}/w{world}/{method}/{point_dir}_s{seed}", [
@@ -283,12 +289,11 @@ def tuned_runs(proto: Protocol, chosen: pd.DataFrame, base_lr: float, defaults: 
                extra: Sequence[str], full_epochs: int) -> list[tuple[str, list[str]]]:
     """The chosen grid point of every method on every held-out world x tuned seed, stopped at the chosen epoch (at
     the last epoch and the configured point, that is the paper-settings run itself)."""
-    seeds = proto.seeds if proto.tuned_seeds is None else proto.tuned_seeds
     out = []
     for row in chosen.itertuples(index=False):
         stop = tuned_epochs(row.epoch, full_epochs)
         for world in proto.worlds:
-            for seed in seeds:
+            for seed in proto.tuned_seed_list:
                 out.append(_run(proto, row.split, world, row.method, json.loads(row.point), seed, base_lr,
                                 defaults, extra, epochs=stop))
     return out
@@ -328,8 +333,7 @@ def run_diagnostics(diag: pd.DataFrame, runs: pd.Series) -> pd.DataFrame:
 
 def tuned_point_dir(row: Any, full_epochs: int) -> str:
     """The run-directory point name of a chosen (point, epoch) on the held-out worlds (`tuned_runs` names)."""
-    stop = tuned_epochs(row.epoch, full_epochs)
-    return row.point_name if stop is None else f"{row.point_name},epochs={stop:g}"
+    return stopped_dir(row.point_name, tuned_epochs(row.epoch, full_epochs))
 
 
 def split_table(frame: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, split: str, metrics: Sequence[str],
@@ -343,9 +347,9 @@ def split_table(frame: pd.DataFrame, chosen: pd.DataFrame, proto: Protocol, spli
     if diag is not None and len(paper):
         paper = paper.join(run_diagnostics(diag, paper["run"]), on="run")
     parts = [refs, paper]
-    seeds = proto.seeds if proto.tuned_seeds is None else proto.tuned_seeds
     for row in chosen[chosen["split"] == split].itertuples(index=False):
-        tuned = held[(held["kind"] == "method") & (held["method"] == row.method) & held["seed"].isin(seeds)
+        tuned = held[(held["kind"] == "method") & (held["method"] == row.method)
+                     & held["seed"].isin(proto.tuned_seed_list)
                      & (held["point_name"] == tuned_point_dir(row, full_epochs))]
         parts.append(tuned.assign(row=f"{row.method} (tuned)"))
     rows = pd.concat(parts, ignore_index=True)
