@@ -193,12 +193,14 @@ def evaluate_references(p: Plan, task: Task, roles: list[str], cache_dir: Path, 
     return out
 
 
-def summarise(evaluators: list[Evaluator], items: Items, references: dict[str, Items]) -> dict[str, float]:
-    """The merged summary of one model from its items and the reference models' items."""
+def summarise(evaluators: list[Evaluator], items: Items, references: dict[str, Items],
+              forget_only: bool = False) -> dict[str, float]:
+    """The merged summary of one model from its items and the reference models' items (`forget_only`: the
+    forget-side summary of `evaluate_forget` items)."""
     parts = {}
     for ev in evaluators:
         refs = {r: references[r][ev.name] for r in ev.uses if r in references}
-        parts[ev.name] = ev.summarise(items[ev.name], refs)
+        parts[ev.name] = (ev.summarise_forget if forget_only else ev.summarise)(items[ev.name], refs)
     return merge_summaries(parts)
 
 
@@ -415,7 +417,10 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     if p.relearn.enabled:  # the relearning attack, on a copy (docs/metrics.md#relearning-attack)
         t0 = time.perf_counter()
         attacked = relearn(trained, task.forget, task.collate, p.relearn, device).to(dtype=loaded_dtype)
-        relearned = prefixed(summarise(p.evaluators, {ev.name: ev.evaluate(attacked, task) for ev in p.evaluators},
+        relearned = prefixed(summarise(p.evaluators, {ev.name: ev.evaluate_forget(attacked, task)
+                                                      for ev in p.evaluators}, references, forget_only=True)
+                             if p.relearn.scope == "forget" else
+                             summarise(p.evaluators, {ev.name: ev.evaluate(attacked, task) for ev in p.evaluators},
                                        references))
         del attacked
         timings["relearn_seconds"] = time.perf_counter() - t0

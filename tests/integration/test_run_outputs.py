@@ -86,3 +86,20 @@ def test_a_shorter_run_is_a_prefix_of_a_longer_one(micro_cache_dir: Path, tmp_pa
     assert "forget_quality" in keys and "model_utility" in keys
     assert {k: rows[1][k] for k in keys} == {k: short[k] for k in keys}
     assert rows[2]["forget_prob"] != rows[1]["forget_prob"]  # the second epoch did change the model
+
+
+def test_relearning_on_the_forget_split_alone_gives_the_full_evaluations_forget_numbers(
+        micro_cache_dir: Path, tmp_path: Path) -> None:
+    """`relearn.scope=forget` (the default) re-evaluates the attacked copy on the forget split only: the same
+    `relearn_forget_*` numbers as evaluating every split (`scope=all`), no utility keys."""
+    common = ["method=npo", "trainer.max_steps=3", "relearn.steps=3", "relearn.lr=1e-3"]
+    part = run_experiment(micro_cfg(micro_cache_dir, *common), tmp_path / "forget", console_print=False)
+    whole = run_experiment(micro_cfg(micro_cache_dir, *common, "relearn.scope=all"), tmp_path / "all",
+                           console_print=False)
+    relearned = {k: v for k, v in part.items() if k.startswith("relearn_") and k != "relearn_seconds"}
+    assert relearned and all(k.startswith("relearn_forget_") for k in relearned), sorted(relearned)
+    assert {k: whole[k] for k in relearned} == relearned
+    assert "relearn_model_utility" in whole and "relearn_model_utility" not in part
+    assert relearned["relearn_forget_prob"] != part["forget_prob"]  # the attack moved the model
+    assert metrics({k: v for k, v in whole.items() if not k.startswith("relearn_")}) == metrics(
+        {k: v for k, v in part.items() if not k.startswith("relearn_")})

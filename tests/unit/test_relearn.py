@@ -14,10 +14,12 @@ from unlearn.models.build import load_model
 def test_config_validation() -> None:
     assert not RelearnConfig.from_config(None).enabled
     assert RelearnConfig.from_config({"steps": 3, "lr": 1e-3}).enabled
+    assert RelearnConfig.from_config(None).scope == "forget"
+    assert RelearnConfig.from_config({"scope": "all"}).scope == "all"
     for bad, key in (({"steps": -1}, "relearn.steps"), ({"steps": 1.5}, "relearn.steps"),
                      ({"lr": 0}, "relearn.lr"), ({"fraction": 0}, "relearn.fraction"),
                      ({"fraction": 1.5}, "relearn.fraction"), ({"batch_size": 0}, "relearn.batch_size"),
-                     ({"stepz": 1}, "relearn.stepz")):
+                     ({"stepz": 1}, "relearn.stepz"), ({"scope": "retain"}, "relearn.scope")):
         with pytest.raises(ConfigError, match=key):
             RelearnConfig.from_config(bad)
     assert prefixed({"forget_prob": 0.5}) == {"relearn_forget_prob": 0.5}

@@ -113,6 +113,19 @@ def test_signed_log_truth_ratio_tells_over_from_under_forgetting() -> None:
     assert summarise(items, items.loc[forget].sort_values("idx")["truth_ratio"])["forget_log_truth_ratio_gap"] == 0
 
 
+def test_summarise_forget_only_gives_the_full_summarys_forget_keys() -> None:
+    items = hand_items()
+    full = summarise(items, [10.0, 20.0])
+    forget = summarise(items[items["split"] == "forget"], [10.0, 20.0], splits=("forget",))
+    # The forget split's keys, with exactly the full summary's values; no utility (it needs the other splits).
+    assert forget == {k: full[k] for k in ("forget_quality", "forget_prob", "forget_rouge", "forget_truth_ratio",
+                                           "forget_log_truth_ratio", "forget_log_truth_ratio_retain",
+                                           "forget_log_truth_ratio_gap")}
+    assert forget["forget_quality"] == pytest.approx(1 / 3, rel=1e-12)
+    with pytest.raises(ValueError, match="splits must include forget"):
+        summarise(items, splits=("retain",))
+
+
 def test_summarise_survives_csv_round_trip(tmp_path: Path) -> None:
     items = hand_items()
     items["nll_perturbed"] = [[1.0, 2.0]] * len(items)  # a list column, as evaluate() writes
@@ -302,6 +315,18 @@ def test_evaluate_forget_quality_and_batch_size_independence(result: Any, model:
     for key, value in result.summary.items():
         assert summary[key] == pytest.approx(value, rel=1e-5), key
     assert items["generation"].tolist() == result.items["generation"].tolist()
+
+
+def test_evaluate_forget_is_the_forget_rows_of_evaluate(result: Any, model: LlamaForCausalLM, task: Task) -> None:
+    evaluator = TofuEvaluator(batch_size=4, max_new_tokens=6)
+    items = evaluator.evaluate_forget(model, task)
+    assert set(items["split"]) == {"forget"}
+    full = result.items[result.items["split"] == "forget"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(items.reset_index(drop=True), full)
+    forget = evaluator.summarise_forget(items, {"retain": result.items})
+    whole = evaluator.summarise(result.items, {"retain": result.items})
+    assert forget == {k: whole[k] for k in forget} and "model_utility" not in forget
+    assert forget["forget_quality"] == pytest.approx(1.0)
 
 
 def test_max_items_per_split_takes_first_rows(model: LlamaForCausalLM, task: Task, result: Any) -> None:

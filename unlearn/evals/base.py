@@ -70,6 +70,17 @@ class Evaluator(ABC):
     def summarise(self, items: pd.DataFrame, references: Mapping[str, pd.DataFrame]) -> dict[str, float]:
         """Summary numbers from per-item tables alone; `references` maps role -> that model's items."""
 
+    def evaluate_forget(self, model: Any, task: Task) -> pd.DataFrame:
+        """Only the items the forget-side numbers need. The relearning attack re-measures what comes back of the
+        forgotten knowledge, not utility, so an evaluator that can split its work skips the rest (TOFU: the
+        forget split alone). Default: everything (`evaluate`)."""
+        return self.evaluate(model, task)
+
+    def summarise_forget(self, items: pd.DataFrame, references: Mapping[str, pd.DataFrame]) -> dict[str, float]:
+        """The forget-side summary from `evaluate_forget`'s items: the same values `summarise` gives those keys on
+        the full table. Default: `summarise`."""
+        return self.summarise(items, references)
+
 
 EVALUATORS: Registry[Evaluator] = Registry("evaluator", "eval")
 #: Keys of the `eval` section that are not evaluators: when to evaluate during unlearning (unlearn.train.trajectory).

@@ -6,7 +6,9 @@ steps of fine-tuning on a part of the forget set, which a model that never learn
 al., 2024; Łucki et al., 2024). After the final evaluation, `relearn` fine-tunes a *copy* of the unlearned model
 with the plain answer NLL on the first `fraction` of the forget examples for `steps` AdamW steps, and the pipeline
 evaluates that copy with every configured evaluator; its summary keys get the prefix `relearn_`. The unlearned
-model itself (saved, reported) is untouched.
+model itself (saved, reported) is untouched. `scope: forget` (the default) evaluates the copy only on what the
+forget-side numbers need (`Evaluator.evaluate_forget`: TOFU's forget split, not the three utility splits), since
+the attack measures what comes back of the forgotten knowledge; `scope: all` evaluates everything.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ import torch
 from unlearn.errors import ConfigError
 
 PREFIX = "relearn_"
+KEYS = ("steps", "lr", "fraction", "batch_size", "seed", "scope")
+#: forget: only the forget-side items and numbers (Evaluator.evaluate_forget / summarise_forget); all: every one.
+SCOPES = ("forget", "all")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,7 @@ class RelearnConfig:
     fraction: float = 0.5
     batch_size: int = 8
     seed: int = 0
+    scope: str = "forget"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> RelearnConfig:
@@ -40,9 +46,9 @@ class RelearnConfig:
             return cls()
         if not isinstance(cfg, Mapping):
             raise ConfigError(f"relearn: expected a mapping (steps, lr, fraction, batch_size), got {cfg!r}")
-        unknown = sorted(set(cfg) - {"steps", "lr", "fraction", "batch_size", "seed"})
+        unknown = sorted(set(cfg) - set(KEYS))
         if unknown:
-            raise ConfigError(f"relearn.{unknown[0]}: unknown key (known: steps, lr, fraction, batch_size, seed)")
+            raise ConfigError(f"relearn.{unknown[0]}: unknown key (known: {', '.join(KEYS)})")
         out = cls(**dict(cfg))
         for key in ("steps", "batch_size", "seed"):
             value = getattr(out, key)
@@ -53,6 +59,8 @@ class RelearnConfig:
             raise ConfigError(f"relearn.lr: expected a positive number, got {out.lr!r}")
         if isinstance(out.fraction, bool) or not isinstance(out.fraction, int | float) or not 0 < out.fraction <= 1:
             raise ConfigError(f"relearn.fraction: expected a number in (0, 1], got {out.fraction!r}")
+        if out.scope not in SCOPES:
+            raise ConfigError(f"relearn.scope: expected one of {', '.join(SCOPES)}, got {out.scope!r}")
         return out
 
     @property

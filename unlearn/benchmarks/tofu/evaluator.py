@@ -78,7 +78,8 @@ ITEM_COLUMNS: tuple[str, ...] = (
 )
 
 
-def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = None) -> dict[str, float]:
+def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = None,
+                   splits: Sequence[str] = tuple(SPLITS)) -> dict[str, float]:
     """Recompute the TOFU summary from a per-item table alone.
 
     Reads only the per-item metric columns `split`, `idx`, `prob`, `prob_normalised`, `rouge` and
@@ -88,20 +89,25 @@ def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = 
     `forget_log_truth_ratio_retain` (the retain model's) and `forget_log_truth_ratio_gap` (ours minus the retain
     model's: > 0 over-forgetting, < 0 under-forgetting), `forget_truth_ratio`, `model_utility`, and per split
     `{split}_prob`, `{split}_rouge`, `{split}_truth_ratio` (the forget one being `forget_truth_ratio`).
-    All four splits must be present: model utility needs three of them and forget quality the fourth.
+    The `splits` given must all be present. With all four (the default) the summary has every key; with
+    `splits=("forget",)` (the relearning attack's forget-only evaluation) it has the forget split's keys alone,
+    with the values the full summary gives them: model utility needs the other three.
     """
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or "forget" not in splits:
+        raise ValueError(f"summarise: splits must include forget and be among {', '.join(SPLITS)}; got {splits}")
     needed = {"split", "idx", "prob", "prob_normalised", "rouge", "truth_ratio"}
     missing_cols = sorted(needed - set(items.columns))
     if missing_cols:
         raise ValueError(f"summarise: items table lacks column(s) {', '.join(missing_cols)}")
     present = set(items["split"].unique())
-    missing = [s for s in SPLITS if s not in present]
+    missing = [s for s in splits if s not in present]
     if missing:
         raise ValueError(f"summarise: items table has no rows for split(s) {', '.join(missing)}")
 
     per_split: dict[str, float] = {}
     forget_tr = np.empty(0)
-    for split in SPLITS:
+    for split in (s for s in SPLITS if s in splits):
         sub = items[items["split"] == split].sort_values("idx")
         prob_col = "prob_normalised" if split in NORMALISED_PROB_SPLITS else "prob"
         per_split[f"{split}_prob"] = float(sub[prob_col].astype(float).mean())
@@ -122,7 +128,8 @@ def summarise_tofu(items: pd.DataFrame, reference_forget_tr: ArrayLike | None = 
         summary["forget_log_truth_ratio_gap"] = log_tr - retain_log_tr
     summary["forget_log_truth_ratio"] = log_tr
     summary["forget_truth_ratio"] = per_split["forget_truth_ratio"]
-    summary["model_utility"] = metrics.model_utility(per_split)
+    if len(splits) == len(SPLITS):
+        summary["model_utility"] = metrics.model_utility(per_split)
     summary.update(per_split)
     return summary
 
@@ -194,11 +201,19 @@ class TofuEvaluator(Evaluator):
 
     def evaluate(self, model: Any, task: Task) -> pd.DataFrame:
         """Score every split: the per-item table (columns `ITEM_COLUMNS`)."""
+        return self._evaluate(model, task, tuple(SPLITS))
+
+    def evaluate_forget(self, model: Any, task: Task) -> pd.DataFrame:
+        """The forget split alone (what the relearning attack re-measures)."""
+        return self._evaluate(model, task, ("forget",))
+
+    def _evaluate(self, model: Any, task: Task, splits: Sequence[str]) -> pd.DataFrame:
         data = task.eval_data["tofu"]
         if task.formatter is None:
             raise ConfigError(f"eval.tofu: benchmark {task.benchmark!r} has no prompt formatter")
         frames = []
-        for split, field in SPLITS.items():
+        for split in splits:
+            field = SPLITS[split]
             rows = list(getattr(data, field))
             if self.max_items_per_split is not None:
                 rows = rows[: self.max_items_per_split]
@@ -217,6 +232,11 @@ class TofuEvaluator(Evaluator):
         """
         ref = references.get("retain")
         return summarise_tofu(items, None if ref is None else forget_truth_ratios(ref))
+
+    def summarise_forget(self, items: pd.DataFrame, references: Mapping[str, pd.DataFrame]) -> dict[str, float]:
+        """`summarise`'s forget-split keys from the forget split's items alone."""
+        ref = references.get("retain")
+        return summarise_tofu(items, None if ref is None else forget_truth_ratios(ref), splits=("forget",))
 
     def score_split(
         self,
