@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.grid import compose_cfg, run_grid
+from experiments.grid import compose_cfg, prepare_models, run_grid
 from unlearn.evals.base import read_items
 from unlearn.report import figures
 from unlearn.report.aggregate import aggregate, format_table, order_models
@@ -538,6 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--utility-floor", type=float, default=SelectionRule.utility_floor)
     parser.add_argument("--benchmarks", nargs="*", default=None,
                         help="other benchmarks' tables to run (default: the protocol's; `--benchmarks` alone: none)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build (or find cached) every world model the protocol's runs need, then stop "
+                             "(`make worlds`); the runs then only load them")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once (worker processes sharing the cores; experiments/grid.py)")
     args = parser.parse_args(argv)
@@ -569,6 +572,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(TABLES)})")
     tables = [TABLES[n] for n in names]
+    if args.prepare_only:  # tuned runs use the held-out worlds' models the paper runs need
+        n = prepare_models([*runs, *(r for t in tables for r in t.runs(args.override))])
+        print(f"[reproduce] prepared the models of {n} benchmark configs in {(time.perf_counter() - start) / 60:.1f} "
+              "min")
+        return 0
     ran = run_grid(runs, root, jobs=args.jobs)
     chosen = selection(proto, collect_trajectories(root), rule, defaults)
     tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override, full_epochs)

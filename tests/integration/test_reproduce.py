@@ -100,6 +100,26 @@ def test_relearn_recovery_by_hand() -> None:
     assert got.iloc[2] == pytest.approx(0.5, rel=1e-12) and got.iloc[3] == pytest.approx(0.25, rel=1e-12)
 
 
+def test_prepare_only_builds_every_world_and_runs_nothing(micro_cache_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make worlds` (`--prepare-only`): afterwards every run's benchmark loads from the cache, building nothing."""
+    from unlearn.benchmarks.base import prepare_benchmark
+
+    monkeypatch.setenv("UNLEARN_CACHE", str(micro_cache_dir))
+    out = tmp_path / "report"
+    assert R.main(["--quick", "--prepare-only", "--out", str(out)]) == 0
+    assert not out.exists()  # no run, no report
+    proto = R.PROTOCOLS["quick"]
+    cfg = R.compose_cfg(list(proto.overrides))
+    runs = [*R.plan_runs(proto, float(cfg["optimizer"]["lr"]), R.method_defaults(proto), []),
+            *(r for t in proto.tables for r in R.TABLES[t].runs())]
+    messages: list[str] = []
+    for _, overrides in runs:
+        run_cfg = R.compose_cfg(overrides)
+        prepare_benchmark(run_cfg.benchmark, run_cfg.model, micro_cache_dir, log=messages.append)
+    assert messages and not [m for m in messages if "[cache] built" in m], messages
+
+
 @pytest.mark.slow
 def test_quick_protocol_end_to_end(micro_prepared: Any, micro_cache_dir: Path, tmp_path: Path,
                                    monkeypatch: pytest.MonkeyPatch) -> None:
