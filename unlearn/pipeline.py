@@ -417,11 +417,10 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
     if p.relearn.enabled:  # the relearning attack, on a copy (docs/metrics.md#relearning-attack)
         t0 = time.perf_counter()
         attacked = relearn(trained, task.forget, task.collate, p.relearn, device).to(dtype=loaded_dtype)
-        relearned = prefixed(summarise(p.evaluators, {ev.name: ev.evaluate_forget(attacked, task)
-                                                      for ev in p.evaluators}, references, forget_only=True)
-                             if p.relearn.scope == "forget" else
-                             summarise(p.evaluators, {ev.name: ev.evaluate(attacked, task) for ev in p.evaluators},
-                                       references))
+        only = p.relearn.scope == "forget"  # the attack measures what comes back of the forget set
+        attacked_items = {ev.name: (ev.evaluate_forget if only else ev.evaluate)(attacked, task)
+                          for ev in p.evaluators}
+        relearned = prefixed(summarise(p.evaluators, attacked_items, references, forget_only=only))
         del attacked
         timings["relearn_seconds"] = time.perf_counter() - t0
     summary = {**result, **relearned, "steps": float(len(steps)), **timings}
