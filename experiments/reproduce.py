@@ -572,8 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--benchmarks: unknown {', '.join(unknown)} (known: {', '.join(TABLES)})")
     tables = [TABLES[n] for n in names]
+    others = [r for t in tables for r in t.runs(args.override)]
     if args.prepare_only:  # tuned runs use the held-out worlds' models the paper runs need
-        n = prepare_models([*runs, *(r for t in tables for r in t.runs(args.override))])
+        n = prepare_models([*runs, *others])
         print(f"[reproduce] prepared the models of {n} benchmark configs in {(time.perf_counter() - start) / 60:.1f} "
               "min")
         return 0
@@ -582,7 +583,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override, full_epochs)
     print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
     ran += run_grid(tuned, root, jobs=args.jobs)
-    others = [r for t in tables for r in t.runs(args.override)]
     ran += run_grid(others, root, jobs=args.jobs)
     wall = time.perf_counter() - start
     # CPU time of this process and of its finished workers (`--jobs`): a figure that other load on the machine
