@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import random
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from unlearn.benchmarks.base import Benchmark, Task, build_benchmark
 from unlearn.config import to_container, validate_required
@@ -42,6 +40,8 @@ from unlearn.models.build import load_model
 from unlearn.models.lora import apply_lora, resolve_lora
 from unlearn.models.trainable import apply_trainable, resolve_trainable
 from unlearn.objectives import FORGET_LOSSES, RETAIN_LOSSES, build_objective
+from unlearn.progress import bar as progress_bar
+from unlearn.progress import progress_bars
 from unlearn.report.table import print_table, summary_frame
 from unlearn.train.backend import BACKENDS, check_trainer
 from unlearn.train.checkpoint import latest_checkpoint
@@ -281,20 +281,30 @@ def run_experiment(cfg: Mapping[str, Any], run_dir: str | Path, console_print: b
                    progress: bool | None = None) -> dict[str, float]:
     """Run one experiment into `run_dir` and return its summary metrics.
 
-    `progress`: a progress bar over the unlearning steps (None: when stderr is a terminal and `console_print`)."""
+    `progress`: progress bars on model building, unlearning and evaluation (None: when stderr is a terminal;
+    never without `console_print`)."""
     run_dir, cfg, resume_from = _resolve_resume(cfg, Path(run_dir))
     p = plan(cfg)
     try:
-        return _run_planned(p, run_dir, resume_from, console_print, progress)
+        with progress_bars(progress if console_print else False):
+            return _run_planned(p, run_dir, resume_from, console_print)
     except BaseException:
         p.logger.finish(failed=True)  # an external logger's run is closed (marked failed) on any failure too
         raise
 
 
-def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool,
-                 progress: bool | None) -> dict[str, float]:
+def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool) -> dict[str, float]:
     # The backend first: under torchrun it joins the process group, and from here on only rank 0 writes files.
     backend = BACKENDS.build(p.backend_name, **p.backend_kwargs)
+    main = backend.rank == 0
+    if not main:  # one bar per run, not one per rank
+        with progress_bars(False):
+            return _run_ranked(p, run_dir, resume_from, console_print, backend)
+    return _run_ranked(p, run_dir, resume_from, console_print, backend)
+
+
+def _run_ranked(p: Plan, run_dir: Path, resume_from: Path | None, console_print: bool,
+                backend: Any) -> dict[str, float]:
     main = backend.rank == 0
     if resume_from is None and main:
         clash = [f for f in RESULT_FILES if (run_dir / f).exists()]
@@ -360,9 +370,8 @@ def _run_planned(p: Plan, run_dir: Path, resume_from: Path | None, console_print
         f"examples, {total} steps, {len(trainable)} trained parameter tensors, {backend.world_size} process(es) -> "
         f"{run_dir}")
 
-    # A progress bar on an interactive console only (quiet in logs, tests and multirun jobs: `progress=False`).
-    bar = tqdm(total=total, initial=resume_step or 0, desc=f"unlearn {method}", unit="step", leave=False,
-               disable=not (main and console_print and (progress if progress is not None else sys.stderr.isatty())))
+    # On an interactive console only (quiet in logs, tests and multirun jobs): `unlearn.progress`.
+    bar = progress_bar(total=total, initial=resume_step or 0, desc=f"unlearn {method}", unit="step")
 
     def on_step(row: dict[str, float]) -> None:
         step = int(row["step"])

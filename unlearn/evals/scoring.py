@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from unlearn.data.format import IGNORE_INDEX, QAFormatter
+from unlearn.progress import bar as progress_bar
 
 
 def _device(model: Any) -> torch.device:
@@ -59,8 +60,11 @@ def _check_batch_size(batch_size: int) -> None:
 def _length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length; longest first, so an out-of-memory shows up at once."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    with progress_bar(total=len(order), desc="evaluate", unit="item") as items_bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            yield batch
+            items_bar.update(len(batch))
 
 
 def answer_nll(

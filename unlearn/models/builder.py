@@ -20,6 +20,7 @@ import torch
 from unlearn.data.format import DEFAULT_TEMPLATE, IGNORE_INDEX, QAFormatter
 from unlearn.errors import ConfigError
 from unlearn.models.build import build_llama, count_parameters
+from unlearn.progress import bar as progress_bar
 
 # Defaults, measured on 2 CPU cores: this 1.3M-parameter Llama reaches 95% greedy exact match
 # on tofu_mini's default world (1080 QA rows) in 20 epochs, ~53 s uncontended (~110 s with the cores shared). Higher
@@ -212,6 +213,8 @@ def train_stage(
     start, cpu_start = time.perf_counter(), time.process_time()
     score, epoch, history = float("nan"), 0, []
     model.train()
+    # Up to max_epochs: a stage with a target stops early, and the bar then closes short of its total.
+    steps_bar = progress_bar(total=train["max_epochs"] * steps_per_epoch, desc=f"build {stage}", unit="step")
     for epoch in range(1, train["max_epochs"] + 1):
         order = torch.randperm(len(examples), generator=gen).tolist()
         total = 0.0
@@ -223,18 +226,21 @@ def train_stage(
             optimizer.step()
             scheduler.step()
             total += float(loss.detach())
+            steps_bar.update(1)
         last = epoch == train["max_epochs"]
         if epoch >= train["min_epochs"] and (epoch % train["check_every"] == 0 or last):
             row: dict[str, Any] = {"epoch": epoch, "loss": total / steps_per_epoch}
             if until is not None:
                 score = until(model)
                 row["exact_match"] = score
+                steps_bar.set_postfix(epoch=epoch, exact_match=f"{score:.3f}", refresh=False)
             history.append(row)
             log(f"  [{stage}] epoch {epoch}: loss {row['loss']:.4f}"
                 + (f", exact match {score:.3f}" if until is not None else "")
                 + f" ({time.perf_counter() - start:.0f}s)")
             if until is not None and score >= train["target_exact_match"]:
                 break
+    steps_bar.close()
     model.eval()
     return {
         "epochs": epoch,
