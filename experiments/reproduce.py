@@ -371,11 +371,12 @@ def relearn_recovery(rows: pd.DataFrame, metric: str = "forget_prob") -> pd.Seri
 
 
 def paper_block(split: str, benchmark: str = "tofu") -> pd.DataFrame:
-    """The paper's published numbers for `split` (wide: model x metric); empty when the file has none."""
+    """The paper's published numbers for `split` (wide: model x metric); empty when the file has none. Values
+    stay the file's text, so they read as the paper printed them (not re-rounded to our tables' digits)."""
     path = PAPER_DIR / f"{benchmark}.csv"
     if not path.exists():
         return pd.DataFrame()
-    data = pd.read_csv(path)
+    data = pd.read_csv(path, dtype={"value": str})
     data = data[data["split"] == split]
     return data.pivot_table(index="model", columns="metric", values="value", aggfunc="first")
 
