@@ -455,8 +455,11 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
                   "forget and retain losses (BLUR: A_f = gamma).",
                   ""]
         pick = chosen[chosen["split"] == split]
-        lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
-            ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
+        if split in proto.tuned:
+            lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
+                ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
+        else:
+            lines += [f"{split} is not tuned (paper-settings rows only; tuning covers {', '.join(proto.tuned)}).", ""]
         paper = paper_block(split)
         if not paper.empty:
             lines += ["Published (BLUR paper, Llama-3.2-1B-Instruct, real TOFU) — for reference, not comparable "
