@@ -454,8 +454,8 @@ def write_report(root: Path, out: Path, proto: Protocol, rule: SelectionRule, de
                   "and of the rates <g_f, u>/||g_f||^2 and <g_r, u>/||g_r||^2 at which the update descends the "
                   "forget and retain losses (BLUR: A_f = gamma).",
                   ""]
-        pick = chosen[chosen["split"] == split]
         if split in proto.tuned:
+            pick = chosen[chosen["split"] == split]
             lines += ["Chosen on the development world:", "", to_markdown(pick.set_index("method")[
                 ["point_name", "epoch", rule.metric, "utility_ratio", "eligible"]]), ""]
         else:
