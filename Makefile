@@ -49,7 +49,7 @@ table:
 # Builds every embedded world model the full protocol needs (cached; reproduce-tables builds what is missing too,
 # so this only splits the one-off build cost from the runs' cost).
 worlds:
-	$(BIN)/python -m experiments.reproduce --prepare-only
+	$(BIN)/python -m experiments.reproduce --prepare-only --jobs 2
 
 reproduce-tables:
 	$(BIN)/python -m experiments.reproduce --jobs 2

@@ -5,9 +5,10 @@ touched. Results are gathered from each run's summary.json / references.json.
 
 `jobs > 1` runs that many runs at once in worker processes, each with `cpu_count // jobs` torch threads: the
 embedded models are so small (128-wide matmuls, Python-bound evaluation loops) that one run keeps two cores only
-partly busy, so independent single-threaded runs side by side use them better. Before the workers start, the
-parent builds every model the missing runs need (one per benchmark x world x split, cached), with all threads:
-otherwise one single-threaded worker would build it while the others wait on its build lock.
+partly busy, so independent single-threaded runs side by side use them better. Before the runs start, every
+model the missing runs need is built (one per benchmark x world x split, cached), or else one single-threaded run
+would build it while the others wait on its build lock: the base the models share first, in the parent with all
+threads, then the per-world models `jobs` at a time (`prepare_models`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_dir
@@ -43,30 +45,86 @@ def _run_one(name: str, overrides: Sequence[str], root: str) -> tuple[str, float
     return name, time.perf_counter() - t0
 
 
-def prepare_models(runs: Iterable[tuple[str, Sequence[str]]], log=print) -> int:
-    """Build (or find cached) every benchmark's data and models the runs need, once per distinct benchmark and
-    model config, in this process; the number of distinct configs. Runs then only load them."""
+def _model_key(cfg: Any) -> str:
+    """What decides a run's benchmark data and models: its benchmark and model sections and its cache."""
     from omegaconf import OmegaConf
 
+    return json.dumps([OmegaConf.to_container(cfg.benchmark, resolve=True),
+                       OmegaConf.to_container(cfg.model, resolve=True), cfg.get("cache_dir")], sort_keys=True,
+                      default=str)
+
+
+def _cache_dir(cfg: Any) -> Path:
+    return Path(cfg.get("cache_dir") or ".cache/unlearn").expanduser()
+
+
+def _label(cfg: Any) -> str:
+    return (f"{cfg.benchmark.get('name')} world {cfg.benchmark.get('world', {}).get('seed')} "
+            f"{cfg.benchmark.get('tag', '')}").rstrip()
+
+
+def _prepare_one(overrides: Sequence[str]) -> tuple[str, float]:
+    """Build (or find cached) one run config's benchmark data and models; (label, seconds)."""
     from unlearn.benchmarks.base import prepare_benchmark
 
-    seen: set[str] = set()
+    cfg = compose_cfg(overrides)
+    t0 = time.perf_counter()
+    prepare_benchmark(cfg.benchmark, cfg.model, _cache_dir(cfg), log=lambda _msg: None)
+    return _label(cfg), time.perf_counter() - t0
+
+
+def _spread_worlds(configs: Iterable[tuple[list[str], Any]]) -> list[list[str]]:
+    """The configs' overrides, round-robin over (benchmark, world): configs of one world share its target model
+    (TOFU's forget05 and forget10, WMDP's methods' benchmark settings), so two of them side by side would leave one
+    worker waiting on the other's build lock; in this order they start at least a whole round apart."""
+    groups: dict[tuple[str, str], list[list[str]]] = {}
+    for overrides, cfg in configs:
+        world = str(cfg.benchmark.get("world", {}).get("seed"))
+        groups.setdefault((str(cfg.benchmark.get("name")), world), []).append(overrides)
+    waves = max((len(g) for g in groups.values()), default=0)
+    return [g[i] for i in range(waves) for g in groups.values() if i < len(g)]
+
+
+def prepare_models(runs: Iterable[tuple[str, Sequence[str]]], log=print, jobs: int = 1) -> int:
+    """Build (or find cached) every benchmark's data and models the runs need, once per distinct benchmark and
+    model config; the number of distinct configs. Runs then only load them.
+
+    `jobs > 1`: what the configs share (the embedded base, `Benchmark.prepare_shared`) is built first in this
+    process with every thread, then the per-world models `jobs` at a time in worker processes with
+    `cpu_count // jobs` threads each, for the reason in the module docstring: measured on a 2-vCPU AMD EPYC, two
+    single-threaded fine-tunes side by side finished 1.42x sooner than one after the other on two threads, and
+    gave bit-identical models (docs/worlds.md). Each model's `build_info.json` records its thread count; a CPU
+    whose kernels round differently at another thread count builds other (equally valid) models, and `jobs=1`
+    builds exactly as a single run does.
+    """
+    from unlearn.benchmarks.base import build_benchmark
+
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    distinct: dict[str, tuple[list[str], Any]] = {}
     for _, overrides in runs:
         cfg = compose_cfg(overrides)
-        key = json.dumps([OmegaConf.to_container(cfg.benchmark, resolve=True),
-                          OmegaConf.to_container(cfg.model, resolve=True), cfg.get("cache_dir")], sort_keys=True,
-                         default=str)
-        if key in seen:
-            continue
-        seen.add(key)
-        t0 = time.perf_counter()
-        prepare_benchmark(cfg.benchmark, cfg.model, Path(cfg.get("cache_dir") or ".cache/unlearn").expanduser(),
-                          log=lambda _msg: None)
-        seconds = time.perf_counter() - t0
+        distinct.setdefault(_model_key(cfg), (list(overrides), cfg))
+
+    def report(label: str, seconds: float, how: str = "") -> None:
         if seconds > 1.0:
-            log(f"[grid] prepared {cfg.benchmark.get('name')} world {cfg.benchmark.get('world', {}).get('seed')} "
-                f"{cfg.benchmark.get('tag', '')}: {seconds:.0f}s")
-    return len(seen)
+            log(f"[grid] prepared {label}: {seconds:.0f}s{how}")
+
+    if jobs == 1 or len(distinct) <= 1:
+        for overrides, _ in distinct.values():
+            report(*_prepare_one(overrides))
+        return len(distinct)
+    for _, cfg in distinct.values():
+        t0 = time.perf_counter()
+        build_benchmark(cfg.benchmark, cfg.model).prepare_shared(_cache_dir(cfg), log=lambda _msg: None)
+        report(f"{cfg.benchmark.get('name')}'s shared base", time.perf_counter() - t0)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_prepare_one, overrides) for overrides in _spread_worlds(distinct.values())]
+        for fut in as_completed(futures):
+            report(*fut.result(), f" ({jobs} at once, {threads} thread(s) each)")
+    return len(distinct)
 
 
 def _init_worker(threads: int) -> None:
@@ -75,20 +133,25 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, jobs: int = 1) -> list[str]:
+def missing(runs: Iterable[tuple[str, Sequence[str]]], root: Path) -> list[tuple[str, list[str]]]:
+    """The runs without a finished run directory (root/name/summary.json)."""
+    return [(name, list(overrides)) for name, overrides in runs if not (root / name / "summary.json").exists()]
+
+
+def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, jobs: int = 1,
+             prepare: bool = True) -> list[str]:
     """Run each (name, overrides) into root/name unless root/name/summary.json exists; the names it ran.
 
     A name may contain `/` (nested run directories). `jobs > 1`: that many worker processes (module docstring);
-    a failed run raises after the runs already started have finished."""
+    a failed run raises after the runs already started have finished. `prepare=False` skips building the models
+    first (`prepare_models`), for a caller that has built them for several grids at once."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     runs = list(runs)
-    todo = []
-    for i, (name, overrides) in enumerate(runs, 1):
+    todo = missing(runs, root)
+    for i, (name, _) in enumerate(runs, 1):
         if (root / name / "summary.json").exists():
             log(f"[grid] {i}/{len(runs)} {name}: done, skipping")
-        else:
-            todo.append((name, list(overrides)))
     ran = []
     if jobs == 1 or len(todo) <= 1:
         for k, (name, overrides) in enumerate(todo, 1):
@@ -96,7 +159,8 @@ def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, j
             ran.append(name)
             log(f"[grid] {k}/{len(todo)} {name}: {seconds:.0f}s")
         return ran
-    prepare_models(todo, log)
+    if prepare:
+        prepare_models(todo, log, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:

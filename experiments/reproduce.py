@@ -38,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.grid import compose_cfg, prepare_models, run_grid
+from experiments.grid import compose_cfg, missing, prepare_models, run_grid
 from unlearn.evals.base import read_items
 from unlearn.report import figures
 from unlearn.report.aggregate import aggregate, format_table, order_models
@@ -578,16 +578,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     tables = [TABLES[n] for n in names]
     others = [r for t in tables for r in t.runs(args.override)]
     if args.prepare_only:  # tuned runs use the held-out worlds' models the paper runs need
-        n = prepare_models([*runs, *others])
+        n = prepare_models([*runs, *others], jobs=args.jobs)
         print(f"[reproduce] prepared the models of {n} benchmark configs in {(time.perf_counter() - start) / 60:.1f} "
               "min")
         return 0
-    ran = run_grid(runs, root, jobs=args.jobs)
+    # Every model the paper-setting and other benchmarks' runs still need, `jobs` at a time, before any run: one
+    # pool for all builds packs the cores better than one per grid (the tuned runs use the same worlds' models).
+    prepare_models([*missing(runs, root), *missing(others, root)], jobs=args.jobs)
+    ran = run_grid(runs, root, jobs=args.jobs, prepare=False)
     chosen = selection(proto, collect_trajectories(root), rule, defaults)
     tuned = tuned_runs(proto, chosen, base_lr, defaults, args.override, full_epochs)
     print(f"[reproduce] tuned rows: {len(tuned)} runs on held-out worlds (some may be paper-setting runs)")
     ran += run_grid(tuned, root, jobs=args.jobs)
-    ran += run_grid(others, root, jobs=args.jobs)
+    ran += run_grid(others, root, jobs=args.jobs, prepare=False)
     wall = time.perf_counter() - start
     # CPU time of this process and of its finished workers (`--jobs`): a figure that other load on the machine
     # does not inflate, unlike the wall time.

@@ -103,6 +103,31 @@ class Benchmark(ABC):
     def prepare(self, cache_dir: Path, log: Log = print) -> Task:
         """Load or build everything the task needs (models may be trained and cached here)."""
 
+    def prepare_shared(self, cache_dir: Path, log: Log = print) -> None:
+        """Build (or find cached) what every world and split of this benchmark shares, and nothing else.
+
+        Why: a grid that builds several worlds' models at once (`experiments.grid.prepare_models`) builds the
+        shared part first, once, with every thread; otherwise each parallel build would wait on the same
+        cache-entry lock while one single-threaded worker builds it. `prepare` must still work without it.
+        Default: nothing is shared.
+        """
+        return None
+
+
+class SharedEmbeddedBase:
+    """`prepare_shared` for the embedded benchmarks built with the pretrain-then-fine-tune recipe: their shared
+    part is the pretrained base (`unlearn.models.pretrain.prepare_base`) with the settings the subclass resolved
+    into `corpus`, `arch` and `pretrain` (the same arguments `prepare` passes on, so it is the same cache entry)."""
+
+    corpus: dict[str, dict[str, Any]]
+    arch: dict[str, Any]
+    pretrain: dict[str, Any]
+
+    def prepare_shared(self, cache_dir: Path, log: Log = print) -> None:
+        from unlearn.models.pretrain import prepare_base  # lazy, as in every benchmark's prepare
+
+        prepare_base(self.corpus, self.arch, self.pretrain, Path(cache_dir), log)
+
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark", "benchmark.name")
 

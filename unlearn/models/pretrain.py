@@ -323,7 +323,8 @@ def finetune(
     info = train_stage(model, [*examples, *replay], collate or (lambda b: pad_collate(b, formatter.pad_id)), train,
                        until=until, log=log, stage=stage)
     info.update({"n_benchmark_examples": len(examples), "n_replay_examples": len(replay), "base": base.key,
-                 "param_count": count_parameters(model), "wall_seconds": round(time.perf_counter() - start, 2)})
+                 "param_count": count_parameters(model), "wall_seconds": round(time.perf_counter() - start, 2),
+                 "torch_threads": torch.get_num_threads()})  # a CPU may round differently at another count
     return model, info
 
 

@@ -16,6 +16,7 @@ from unlearn.benchmarks.base import (
     SHARED_MODEL_KEYS,
     Benchmark,
     Log,
+    SharedEmbeddedBase,
     Task,
     check_keys,
     check_model_common,
@@ -139,7 +140,7 @@ class Muse(Benchmark):
 
 
 @BENCHMARKS.register("muse_mini")
-class MuseMini(Benchmark):
+class MuseMini(SharedEmbeddedBase, Benchmark):
     """A synthetic news world, with a target and a retrained model fine-tuned from the shared embedded base."""
 
     provides = frozenset({"muse"})

@@ -15,6 +15,7 @@ from unlearn.benchmarks.base import (
     SHARED_MODEL_KEYS,
     Benchmark,
     Log,
+    SharedEmbeddedBase,
     Task,
     check_keys,
     check_model_common,
@@ -79,7 +80,7 @@ def tofu_task(name: str, data: TofuData, tokenizer: Any, formatter: QAFormatter,
 
 
 @BENCHMARKS.register("tofu_mini")
-class TofuMini(Benchmark):
+class TofuMini(SharedEmbeddedBase, Benchmark):
     """Synthetic TOFU-style world + embedded target/retain models, built or reused from the cache."""
 
     provides = frozenset({"tofu"})
@@ -126,6 +127,10 @@ class TofuMini(Benchmark):
         data = load_tofu(built.world_dir, self.forget_split)
         models = {"target": str(built.target_dir), "retain": str(built.retain_dir)}
         return tofu_task("tofu_mini", data, tokenizer, formatter, models)
+
+    def prepare_shared(self, cache_dir: Path, log: Log = print) -> None:
+        if self.recipe != "scratch":  # the from-scratch recipe has no base: each world trains its own model
+            super().prepare_shared(cache_dir, log)
 
 
 @BENCHMARKS.register("tofu")

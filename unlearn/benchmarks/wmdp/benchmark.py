@@ -21,6 +21,7 @@ from unlearn.benchmarks.base import (
     SHARED_MODEL_KEYS,
     Benchmark,
     Log,
+    SharedEmbeddedBase,
     Task,
     check_keys,
     check_model_common,
@@ -69,7 +70,7 @@ def mini_task_configs(world_dir: Path, bos: str | None) -> dict[str, dict[str, A
 
 
 @BENCHMARKS.register("wmdp_mini")
-class WmdpMini(Benchmark):
+class WmdpMini(SharedEmbeddedBase, Benchmark):
     """The embedded WMDP world and its fine-tuned target, built or reused from the cache."""
 
     provides = frozenset({"lm_eval"})
