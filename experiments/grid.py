@@ -91,11 +91,11 @@ def prepare_models(runs: Iterable[tuple[str, Sequence[str]]], log=print, jobs: i
 
     `jobs > 1`: what the configs share (the embedded base, `Benchmark.prepare_shared`) is built first in this
     process with every thread, then the per-world models `jobs` at a time in worker processes with
-    `cpu_count // jobs` threads each, for the reason in the module docstring: measured on a 2-vCPU AMD EPYC, two
-    single-threaded fine-tunes side by side finished 1.42x sooner than one after the other on two threads, and
-    gave bit-identical models (docs/worlds.md). Each model's `build_info.json` records its thread count; a CPU
-    whose kernels round differently at another thread count builds other (equally valid) models, and `jobs=1`
-    builds exactly as a single run does.
+    `cpu_count // jobs` threads each, for the reason in the module docstring: measured on a 2-vCPU AMD EPYC, four
+    TOFU world models built two at a time took 542 s wall against 631 s of training one after the other on two
+    threads, and were bit-identical to them (docs/worlds.md). Each model's `build_info.json` records its thread
+    count; a CPU whose kernels round differently at another thread count builds other (equally valid) models, and
+    `jobs=1` builds exactly as a single run does.
     """
     from unlearn.benchmarks.base import build_benchmark
 
@@ -119,8 +119,7 @@ def prepare_models(runs: Iterable[tuple[str, Sequence[str]]], log=print, jobs: i
         build_benchmark(cfg.benchmark, cfg.model).prepare_shared(_cache_dir(cfg), log=lambda _msg: None)
         report(f"{cfg.benchmark.get('name')}'s shared base", time.perf_counter() - t0)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with _pool(jobs, threads) as pool:
         futures = [pool.submit(_prepare_one, overrides) for overrides in _spread_worlds(distinct.values())]
         for fut in as_completed(futures):
             report(*fut.result(), f" ({jobs} at once, {threads} thread(s) each)")
@@ -131,6 +130,12 @@ def _init_worker(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _pool(jobs: int, threads: int) -> ProcessPoolExecutor:
+    """`jobs` spawned worker processes with `threads` torch threads each (spawn: no forked torch state)."""
+    return ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                               initargs=(threads,))
 
 
 def missing(runs: Iterable[tuple[str, Sequence[str]]], root: Path) -> list[tuple[str, list[str]]]:
@@ -162,8 +167,7 @@ def run_grid(runs: Iterable[tuple[str, Sequence[str]]], root: Path, log=print, j
     if prepare:
         prepare_models(todo, log, jobs)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with _pool(jobs, threads) as pool:
         futures = [pool.submit(_run_one, name, overrides, str(root)) for name, overrides in todo]
         for k, fut in enumerate(as_completed(futures), 1):
             name, seconds = fut.result()
